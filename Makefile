@@ -1,0 +1,39 @@
+# `make run` and `make test` set up whatever is missing (venv, FerretDB, mongoeco), then act.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TOOLS := .tools
+FERRETDB := $(TOOLS)/bin/ferretdb
+MONGOECO := $(TOOLS)/mongoeco-venv
+PYTEST_ARGS ?=
+
+.PHONY: setup run test bench capability clean
+
+setup: $(VENV)/.installed $(FERRETDB) $(MONGOECO)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+$(FERRETDB): scripts/build-ferretdb.sh
+	scripts/build-ferretdb.sh $(TOOLS)/bin
+
+$(MONGOECO)/.installed: scripts/setup-mongoeco.sh
+	scripts/setup-mongoeco.sh $(MONGOECO)
+	touch $@
+
+run: $(VENV)/.installed $(FERRETDB)
+	$(BIN)/fhir-server serve
+
+test: setup
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+capability: $(VENV)/.installed
+	$(BIN)/fhir-server capabilities --out capability/CapabilityStatement.json
+
+clean:
+	rm -rf $(VENV) $(TOOLS)

@@ -1,0 +1,146 @@
+"""Validation of incoming resources: structure, FHIR JSON rules, required bindings, references.
+
+fhir.resources (R4B models, which accept R4 JSON for our types) checks structure and datatypes but
+neither required code bindings nor some JSON rules (it accepts `"name": []` and `null`), so those
+are checked here. Spec: https://hl7.org/fhir/R4/json.html and https://hl7.org/fhir/R4/validation.html.
+
+Failures are split as https://hl7.org/fhir/R4/http.html#2.21.0.17 suggests: content that is not
+valid FHIR (structure, datatypes, JSON rules, required bindings) is 400; content that is valid FHIR
+but breaks this server's rules (an unresolvable urn:uuid outside a transaction) is 422.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import orjson
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from fhir_server.fhir.bindings import check_required_bindings
+from fhir_server.fhir.outcome import FhirError, Issue
+from fhir_server.fhir.types import SUPPORTED, is_valid_id, reference_problem
+
+MAX_ISSUES = 50
+
+
+def parse_json_body(body: bytes) -> dict:
+    """Decode a request body that must hold one JSON object (a resource)."""
+    if not body:
+        raise FhirError(400, "structure", "the request body is empty; a FHIR resource was expected")
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise FhirError(400, "structure", f"the request body is not valid JSON: {exc.msg} (at char {exc.pos})")
+    if not isinstance(value, dict):
+        raise FhirError(400, "structure", "the request body must be a JSON object (a FHIR resource)")
+    return value
+
+
+def resource_type_of(resource: dict, expected: str | None = None) -> str:
+    rtype = resource.get("resourceType")
+    if not isinstance(rtype, str) or not rtype:
+        raise FhirError(400, "structure", "the resource has no resourceType", ["resourceType"])
+    if expected is not None and rtype != expected:
+        raise FhirError(
+            400, "invalid", f"resourceType '{rtype}' does not match the endpoint's type '{expected}'", ["resourceType"]
+        )
+    return rtype
+
+
+@cache
+def _model(rtype: str):
+    return get_fhir_model_class(rtype)
+
+
+def _loc_to_path(rtype: str, loc: tuple) -> str:
+    out = rtype
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part != "__root__":
+            out += f".{part}"
+    return out
+
+
+def structural_issues(resource: dict, rtype: str) -> list[Issue]:
+    try:
+        _model(rtype).model_validate(resource)
+    except ValidationError as exc:
+        issues = []
+        for err in exc.errors(include_url=False, include_input=False)[:MAX_ISSUES]:
+            path = _loc_to_path(rtype, err["loc"])
+            code = "structure" if err["type"] in ("extra_forbidden", "missing") else "value"
+            if err["type"] == "extra_forbidden":
+                msg = f"{path}: unknown element"
+            elif err["type"] == "missing":
+                msg = f"{path}: required element is missing"
+            else:
+                msg = f"{path}: {err['msg']}"
+            issues.append(Issue("error", code, msg, [path]))
+        return issues
+    except (TypeError, ValueError) as exc:  # model-level validators raising plain errors
+        return [Issue("error", "structure", f"{rtype}: {exc}", [rtype])]
+    return []
+
+
+def json_rule_issues(resource: dict, rtype: str, *, allow_urn: bool) -> tuple[list[Issue], list[Issue]]:
+    """(not-FHIR issues, business-rule issues) from one walk over the JSON.
+
+    FHIR JSON forbids null properties, empty strings, empty arrays and empty objects
+    (https://hl7.org/fhir/R4/json.html#2.6.2); nulls are allowed inside arrays only to keep
+    primitive values and their `_element` extensions aligned.
+    """
+    structure: list[Issue] = []
+    business: list[Issue] = []
+
+    def walk(node, path: str) -> None:
+        if len(structure) + len(business) >= MAX_ISSUES:
+            return
+        if isinstance(node, dict):
+            if not node:
+                structure.append(Issue("error", "structure", f"{path}: empty objects are not allowed", [path]))
+            for key, value in node.items():
+                child = f"{path}.{key}"
+                if value is None:
+                    structure.append(Issue("error", "structure", f"{child}: null is not allowed", [child]))
+                elif key == "reference" and isinstance(value, str):
+                    problem = reference_problem(value, allow_urn=allow_urn)
+                    if problem is not None:
+                        target = business if "only be resolved" in problem else structure
+                        target.append(Issue("error", "value" if target is structure else "business-rule",
+                                            f"{child}: {problem}", [child]))
+                else:
+                    walk(value, child)
+        elif isinstance(node, list):
+            if not node:
+                structure.append(Issue("error", "structure", f"{path}: empty arrays are not allowed", [path]))
+            for i, item in enumerate(node):
+                if item is not None:
+                    walk(item, f"{path}[{i}]")
+        elif isinstance(node, str) and node == "" and not path.endswith(".div"):
+            structure.append(Issue("error", "value", f"{path}: empty strings are not allowed", [path]))
+
+    walk(resource, rtype)
+    return structure, business
+
+
+def validate_resource(resource: dict, *, expected_type: str | None = None, allow_urn: bool = False) -> str:
+    """Raise a FhirError listing every problem found, or return the resource type."""
+    rtype = resource_type_of(resource, expected_type)
+    if rtype not in SUPPORTED:
+        raise FhirError(400, "not-supported", f"resource type '{rtype}' is not stored by this server", ["resourceType"])
+    rid = resource.get("id")
+    if rid is not None and (not isinstance(rid, str) or not is_valid_id(rid)):
+        raise FhirError(400, "value", "id must match [A-Za-z0-9\\-.]{1,64}", [f"{rtype}.id"])
+    issues = structural_issues(resource, rtype)
+    structure, business = json_rule_issues(resource, rtype, allow_urn=allow_urn)
+    issues += structure
+    issues += [
+        Issue("error", "code-invalid", b.diagnostics, [b.expression]) for b in check_required_bindings(resource)
+    ]
+    if issues:
+        raise FhirError(400, issues[0].code, issues[0].diagnostics, issues=issues[:MAX_ISSUES])
+    if business:
+        raise FhirError(422, "business-rule", business[0].diagnostics, issues=business)
+    return rtype

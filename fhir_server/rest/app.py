@@ -1,0 +1,145 @@
+"""The ASGI application: one FHIR endpoint, plus /health, /ready and /metrics outside /fhir.
+
+Plain Starlette rather than FastAPI: FHIR's REST API is not shaped like OpenAPI operations, and
+the read path stays close to raw Starlette throughput (docs/decisions.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pymongo import AsyncMongoClient
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from fhir_server.access.decision import ANONYMOUS, AccessDecisionPoint
+from fhir_server.config import Settings
+from fhir_server.engine.capabilities import detect
+from fhir_server.fhir.outcome import FhirError
+from fhir_server.fhir.types import SUPPORTED_TYPES
+from fhir_server.ops.observability import ObservabilityMiddleware, configure_logging
+from fhir_server.rest import interaction as interactions
+from fhir_server.rest.context import RequestContext, Services
+from fhir_server.rest.dispatch import dispatch
+from fhir_server.rest.formats import negotiate
+from fhir_server.rest.render import render
+from fhir_server.rest.result import error_result
+from fhir_server.storage.binaries import BinaryStore
+from fhir_server.storage.repository import Repository
+
+log = logging.getLogger("fhir_server")
+FHIR_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+def _indexer():
+    """Search index extraction, when the search package is present."""
+    try:
+        from fhir_server.search.extract import index_fields, index_specs
+    except ImportError:
+        return {}
+    return {"index_fields": index_fields, "index_specs": index_specs}
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings()
+    configure_logging(settings.log_level)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        if settings.mongodb_uri is None:
+            raise RuntimeError("FHIR_MONGODB_URI is not set (the CLI sets it when it starts the embedded engine)")
+        client = AsyncMongoClient(settings.mongodb_uri.get_secret_value(), tz_aware=True, uuidRepresentation="standard")
+        db = client[settings.database]
+        engine = await detect(client, settings.database)
+        repo = Repository(client, db, SUPPORTED_TYPES, BinaryStore(db), **_indexer())
+        await repo.ensure_indexes()
+        app.state.services = Services(settings, repo, engine, AccessDecisionPoint())
+        log.warning("serving WITHOUT authentication: every client has full access (no SMART server yet)")
+        log.info("engine ready", extra={"interaction": f"{engine.name} {engine.version} transactions={engine.transactions}"})
+        try:
+            yield
+        finally:
+            await client.close()
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/fhir", fhir_endpoint, methods=FHIR_METHODS),
+        Route("/fhir/{path:path}", fhir_endpoint, methods=FHIR_METHODS),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_middleware(ObservabilityMiddleware)
+    return app
+
+
+def _base_url(request: Request, settings: Settings) -> str:
+    if settings.public_base_url:
+        return settings.public_base_url.rstrip("/")
+    return f"{request.url.scheme}://{request.url.netloc}/fhir"
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise FhirError(413, "too-costly", f"the request body exceeds the {limit} byte limit")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise FhirError(413, "too-costly", f"the request body exceeds the {limit} byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def fhir_endpoint(request: Request) -> Response:
+    services: Services = request.app.state.services
+    query = request.url.query
+    pretty = False
+    try:
+        params = request.query_params
+        pretty = params.get("_pretty") == "true"
+        negotiate(params.get("_format"), request.headers.get("accept"))
+        body = await _read_body(request, services.settings.max_body_bytes) if request.method in (
+            "POST", "PUT", "PATCH") else None
+        headers = {k: v for k, v in request.headers.items()}
+        if request.method == "POST" and request.headers.get("content-type", "").startswith(
+                "application/x-www-form-urlencoded") and request.path_params.get("path", "").endswith("_search"):
+            query = "&".join(p for p in (query, body.decode("utf-8", "replace")) if p)
+            body = None
+        ix = interactions.parse(request.method, request.path_params.get("path", ""), query, headers, body)
+        request.scope["state"]["interaction"] = ix.kind
+        request.scope["state"]["resource_type"] = ix.type
+        ctx = RequestContext(services, _base_url(request, services.settings), ANONYMOUS,
+                             request.scope["state"]["request_id"])
+        result = await dispatch(ctx, ix)
+    except FhirError as err:
+        result = error_result(err)
+    except Exception:
+        log.exception("unhandled error")
+        result = error_result(FhirError(500, "exception", "internal error; the request id identifies it in the "
+                                                          "server logs"))
+    return render(result, pretty=pretty)
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is None:
+        return JSONResponse({"status": "starting"}, status_code=503)
+    try:
+        await services.repository.client.admin.command("ping")
+    except Exception:
+        return JSONResponse({"status": "database unavailable"}, status_code=503)
+    return JSONResponse({"status": "ready", "engine": services.engine.name})
+
+
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,158 @@
+"""batch and transaction Bundles: https://hl7.org/fhir/R4/http.html#transaction.
+
+Every entry is parsed into an Interaction and runs through the same dispatcher as a direct HTTP
+request, so each entry gets its own access decision. A transaction runs inside one MongoDB
+multi-document transaction; on an engine without them we refuse it up front instead of applying
+half of it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from urllib.parse import urlsplit
+
+from fhir_server.fhir.outcome import FhirError
+from fhir_server.fhir.types import URN_UUID_RE
+from fhir_server.fhir.validation import structural_issues
+from fhir_server.rest.context import RequestContext
+from fhir_server.rest.handlers.common import materialize, resource_body
+from fhir_server.rest.interaction import BUNDLE, CREATE, Interaction, parse
+from fhir_server.rest.result import Result, entry_response, error_result
+
+MAX_ENTRIES = 1000
+_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+_ENTRY_HEADERS = {"ifMatch": "if-match", "ifNoneMatch": "if-none-match", "ifModifiedSince": "if-modified-since",
+                  "ifNoneExist": "if-none-exist"}
+
+
+async def bundle(ctx: RequestContext, ix: Interaction, dispatch) -> Result:
+    body = resource_body(ix)
+    if body.get("resourceType") != "Bundle":
+        raise FhirError(400, "invalid", "POST to the base URL takes a batch or transaction Bundle", ["resourceType"])
+    btype = body.get("type")
+    if btype not in ("batch", "transaction"):
+        raise FhirError(400, "value", "Bundle.type must be batch or transaction", ["Bundle.type"])
+    issues = structural_issues(body, "Bundle")
+    if issues:
+        raise FhirError(400, issues[0].code, issues[0].diagnostics, issues=issues)
+    entries = body.get("entry") or []
+    if len(entries) > MAX_ENTRIES:
+        raise FhirError(413, "too-costly", f"a Bundle may carry at most {MAX_ENTRIES} entries")
+    if btype == "batch":
+        return await _batch(ctx, ix, entries, dispatch)
+    return await _transaction(ctx, ix, entries, dispatch)
+
+
+def _entry_interaction(ctx: RequestContext, ix: Interaction, entry: dict, index: int) -> Interaction:
+    req = entry.get("request")
+    if not isinstance(req, dict) or not req.get("method") or not req.get("url"):
+        raise FhirError(400, "required", "entry.request with method and url is required",
+                        [f"Bundle.entry[{index}].request"])
+    url = req["url"]
+    if url.startswith(ctx.base_url + "/"):
+        url = url[len(ctx.base_url) + 1:]
+    parts = urlsplit(url)
+    if parts.scheme or parts.netloc:
+        raise FhirError(400, "not-supported", f"entry url '{url[:80]}' is not on this server",
+                        [f"Bundle.entry[{index}].request.url"])
+    headers = {"prefer": ix.header("prefer") or "", "accept": "application/fhir+json"}
+    for element, header in _ENTRY_HEADERS.items():
+        if isinstance(req.get(element), str):
+            headers[header] = req[element]
+    resource = entry.get("resource")
+    method = req["method"]
+    if method in ("POST", "PUT", "PATCH") and not isinstance(resource, dict):
+        raise FhirError(400, "required", f"a {method} entry needs a resource", [f"Bundle.entry[{index}].resource"])
+    return parse(method, parts.path.lstrip("/"), parts.query, headers,
+                 resource=resource if method in ("POST", "PUT", "PATCH") else None)
+
+
+async def _entry_result(ctx: RequestContext, ix: Interaction, dispatch) -> dict:
+    result = await dispatch(ctx, ix)
+    await materialize(result)
+    out: dict = {}
+    if result.status < 400:
+        body = result.fragment()
+        if body is not None:
+            out["resource"] = body
+        out["response"] = entry_response(result, result.headers.get("Location"))
+    else:
+        out["response"] = {"status": str(result.status), "outcome": result.resource}
+    return out
+
+
+async def _batch(ctx: RequestContext, ix: Interaction, entries: list, dispatch) -> Result:
+    out = []
+    for i, entry in enumerate(entries):
+        try:
+            entry_ix = _entry_interaction(ctx, ix, entry, i)
+            if entry_ix.kind == BUNDLE:
+                raise FhirError(400, "not-supported", "Bundles cannot be nested")
+            out.append(await _entry_result(ctx, entry_ix, dispatch))
+        except FhirError as err:
+            out.append({"response": {"status": str(err.status), "outcome": error_result(err).resource}})
+    return Result(status=200, resource={"resourceType": "Bundle", "type": "batch-response", "entry": out})
+
+
+async def _transaction(ctx: RequestContext, ix: Interaction, entries: list, dispatch) -> Result:
+    if not ctx.services.engine.transactions:
+        raise FhirError(
+            501, "not-supported",
+            f"transaction Bundles need multi-document transactions, which this database engine "
+            f"({ctx.services.engine.name} {ctx.services.engine.version}) does not provide; nothing was applied. "
+            "Use a batch Bundle, or run on a MongoDB replica set.",
+        )
+    parsed: list[Interaction] = []
+    for i, entry in enumerate(entries):
+        try:
+            entry_ix = _entry_interaction(ctx, ix, entry, i)
+        except FhirError as err:
+            err.issues[0].expression = err.issues[0].expression or [f"Bundle.entry[{i}]"]
+            raise
+        if entry_ix.kind == BUNDLE:
+            raise FhirError(400, "not-supported", "Bundles cannot be nested", [f"Bundle.entry[{i}]"])
+        parsed.append(entry_ix)
+    _assign_ids(entries, parsed)
+    order = sorted(range(len(parsed)), key=lambda i: _ORDER.get(parsed[i].method, 9))
+    results: list[dict | None] = [None] * len(parsed)
+    client = ctx.repo.client
+    async with client.start_session() as session:
+        async with await session.start_transaction():
+            tctx = ctx.in_transaction(session)
+            for i in order:
+                result = await dispatch(tctx, parsed[i])
+                if result.status >= 400:
+                    raise FhirError(result.status, result.resource["issue"][0]["code"],
+                                    f"entry {i} failed: {result.resource['issue'][0]['diagnostics']}",
+                                    [f"Bundle.entry[{i}]"])
+                await materialize(result)
+                body = result.fragment()
+                results[i] = {**({"resource": body} if body is not None else {}),
+                              "response": entry_response(result, result.headers.get("Location"))}
+    return Result(status=200, resource={"resourceType": "Bundle", "type": "transaction-response", "entry": results})
+
+
+def _assign_ids(entries: list, parsed: list[Interaction]) -> None:
+    """Give POSTed entries their ids now and rewrite every reference to their urn:uuid fullUrls."""
+    mapping: dict[str, str] = {}
+    for entry, eix in zip(entries, parsed):
+        full_url = entry.get("fullUrl")
+        if eix.kind == CREATE and isinstance(full_url, str) and URN_UUID_RE.fullmatch(full_url):
+            new_id = str(uuid.uuid4())
+            mapping[full_url] = f"{eix.type}/{new_id}"
+            eix.id = new_id
+    for eix in parsed:
+        if eix.resource is not None and mapping:
+            _rewrite(eix.resource, mapping)
+
+
+def _rewrite(node, mapping: dict[str, str]) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("reference", "url") and isinstance(value, str) and value in mapping:
+                node[key] = mapping[value]
+            else:
+                _rewrite(value, mapping)
+    elif isinstance(node, list):
+        for item in node:
+            _rewrite(item, mapping)

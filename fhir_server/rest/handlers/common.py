@@ -1,0 +1,134 @@
+"""Pieces shared by the interaction handlers: request bodies, Prefer, write results."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from fhir_server.fhir.outcome import FhirError, Issue, operation_outcome
+from fhir_server.fhir.validation import parse_json_body
+from fhir_server.rest.context import RequestContext
+from fhir_server.rest.formats import media_type, require_json_body
+from fhir_server.rest.interaction import Interaction
+from fhir_server.rest.result import Result, version_headers
+from fhir_server.storage.documents import Version
+
+PREFER_VALUES = ("minimal", "representation", "OperationOutcome")
+
+
+def prefer(ix: Interaction, key: str) -> str | None:
+    """One token of the Prefer header (https://hl7.org/fhir/R4/http.html#ops)."""
+    header = ix.header("prefer")
+    if not header:
+        return None
+    for part in header.split(","):
+        for token in part.split(";"):
+            name, _, value = token.strip().partition("=")
+            if name.strip().lower() == key:
+                return value.strip().strip('"')
+    return None
+
+
+def resource_body(ix: Interaction) -> dict:
+    if ix.resource is not None:
+        return ix.resource
+    require_json_body(ix.header("content-type"))
+    return parse_json_body(ix.body or b"")
+
+
+def is_raw_binary(ix: Interaction) -> bool:
+    """A Binary sent as its own content type rather than as a FHIR resource."""
+    if ix.type != "Binary" or ix.resource is not None:
+        return False
+    mt = media_type(ix.header("content-type"))
+    return bool(mt) and not (mt.endswith("json") or mt.endswith("+json") or "fhir" in mt)
+
+
+def binary_from_raw(ix: Interaction) -> tuple[dict, bytes]:
+    resource: dict = {"resourceType": "Binary", "contentType": media_type(ix.header("content-type"))}
+    ctx_ref = ix.header("x-security-context")
+    if ctx_ref:
+        resource["securityContext"] = {"reference": ctx_ref}
+    return resource, ix.body or b""
+
+
+def split_binary_content(resource: dict, inline_max: int) -> bytes | None:
+    """Take a large Binary's bytes out of the resource (they go to GridFS); small ones stay inline."""
+    if resource.get("resourceType") != "Binary":
+        return None
+    data = resource.get("data")
+    if not isinstance(data, str):
+        return None
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise FhirError(400, "value", "Binary.data is not valid base64", ["Binary.data"])
+    if len(raw) <= inline_max:
+        return None
+    del resource["data"]
+    return raw
+
+
+def inline_binary(resource: dict, content: bytes, inline_max: int) -> bytes | None:
+    if len(content) <= inline_max:
+        resource["data"] = base64.b64encode(content).decode("ascii")
+        return None
+    return content
+
+
+def if_match_version(ix: Interaction) -> int | None:
+    """The version in If-Match (W/"3" or "3"), https://hl7.org/fhir/R4/http.html#concurrency."""
+    value = ix.header("if-match")
+    if value is None:
+        return None
+    tag = value.strip()
+    if tag.startswith("W/"):
+        tag = tag[2:]
+    tag = tag.strip('"')
+    if not tag.isdigit() or len(tag) > 18:
+        raise FhirError(400, "value", f"If-Match must be an ETag like W/\"3\", not '{value[:40]}'")
+    return int(tag)
+
+
+def location(ctx: RequestContext, v: Version) -> str:
+    return ctx.url(v.type, v.id, "_history", str(v.version))
+
+
+def write_result(ctx: RequestContext, ix: Interaction, v: Version, status: int, message: str) -> Result:
+    headers = version_headers(v, location(ctx, v))
+    result = Result(status=status, headers=headers, version=v)
+    mode = prefer(ix, "return") or "representation"
+    if mode == "OperationOutcome":
+        result.resource = operation_outcome([Issue("information", "informational", message)])
+    elif mode == "representation":
+        set_version_body(ctx, result, v)
+    return result
+
+
+def set_version_body(ctx: RequestContext, result: Result, v: Version) -> None:
+    """The stored JSON as is, or, for a Binary whose bytes live in GridFS, a stream that splices them in."""
+    if v.binary_file is None:
+        result.raw = v.json
+    else:
+        result.stream = binary_json_stream(ctx, v)
+
+
+async def binary_json_stream(ctx: RequestContext, v: Version):
+    """Stream `{...stored JSON..., "data": "<base64>"}` without holding the content in memory."""
+    stored = v.json or b"{}"
+    yield stored[:-1] + (b',"data":"' if len(stored) > 2 else b'"data":"')
+    carry = b""
+    async for chunk in ctx.repo.binaries.stream(v.binary_file):
+        chunk = carry + chunk
+        cut = len(chunk) - len(chunk) % 3
+        carry = chunk[cut:]
+        if cut:
+            yield base64.b64encode(chunk[:cut])
+    yield base64.b64encode(carry) + b'"}'
+
+
+async def materialize(result: Result) -> None:
+    """Collect a streamed body (Bundles embed entries whole)."""
+    if result.stream is not None:
+        result.raw = b"".join([part async for part in result.stream])
+        result.stream = None

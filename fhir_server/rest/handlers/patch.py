@@ -1,0 +1,85 @@
+"""patch with JSON Patch (RFC 6902): https://hl7.org/fhir/R4/http.html#patch.
+
+The patch applies to the current version and the result is validated like an update; the write
+is guarded by the version patched (or the client's If-Match), so a concurrent update is never lost.
+"""
+
+from __future__ import annotations
+
+import jsonpatch
+import orjson
+
+from fhir_server.fhir.outcome import FhirError, gone, not_found
+from fhir_server.fhir.validation import validate_resource
+from fhir_server.rest.context import RequestContext
+from fhir_server.rest.formats import JSON_PATCH, media_type
+from fhir_server.rest.handlers.common import if_match_version, write_result
+from fhir_server.rest.interaction import Interaction
+from fhir_server.rest.result import Result
+
+MAX_ATTEMPTS = 8
+
+
+def _operations(ix: Interaction) -> list:
+    if ix.resource is not None:  # a Bundle entry: Binary with contentType application/json-patch+json
+        return _from_binary_entry(ix.resource)
+    mt = media_type(ix.header("content-type"))
+    if mt != JSON_PATCH:
+        if mt in ("application/fhir+json", "application/json"):
+            raise FhirError(415, "not-supported", "FHIRPath Patch is not supported; send application/json-patch+json")
+        raise FhirError(415, "not-supported", f"patch Content-Type must be {JSON_PATCH}")
+    try:
+        ops = orjson.loads(ix.body or b"")
+    except orjson.JSONDecodeError as exc:
+        raise FhirError(400, "structure", f"the JSON Patch document is not valid JSON: {exc.msg}")
+    if not isinstance(ops, list):
+        raise FhirError(400, "structure", "a JSON Patch document is an array of operations")
+    return ops
+
+
+def _from_binary_entry(resource: dict) -> list:
+    import base64
+
+    if resource.get("resourceType") != "Binary" or resource.get("contentType") != JSON_PATCH:
+        raise FhirError(400, "not-supported", "a PATCH entry must carry a Binary of application/json-patch+json")
+    try:
+        ops = orjson.loads(base64.b64decode(resource.get("data", ""), validate=True))
+    except Exception:
+        raise FhirError(400, "structure", "the PATCH entry's Binary.data is not a base64 JSON Patch")
+    if not isinstance(ops, list):
+        raise FhirError(400, "structure", "a JSON Patch document is an array of operations")
+    return ops
+
+
+async def patch(ctx: RequestContext, ix: Interaction) -> Result:
+    ops = _operations(ix)
+    try:
+        compiled = jsonpatch.JsonPatch(ops)
+    except (jsonpatch.JsonPatchException, TypeError, KeyError) as exc:
+        raise FhirError(400, "structure", f"invalid JSON Patch: {exc}")
+    if_match = if_match_version(ix)
+    if ix.type == "Binary":
+        raise FhirError(405, "not-supported", "Binary cannot be patched; update it instead")
+    for _ in range(MAX_ATTEMPTS):
+        current = await ctx.repo.read(ix.type, ix.id, session=ctx.session)
+        if current is None:
+            latest = await ctx.repo.latest(ix.type, ix.id, session=ctx.session)
+            raise gone(ix.type, ix.id) if latest is not None and latest.deleted else not_found(ix.type, ix.id)
+        if if_match is not None and if_match != current.version:
+            raise FhirError(412, "conflict", f"If-Match expected version {if_match} but {ix.type}/{ix.id} is at "
+                                             f"version {current.version}")
+        try:
+            patched = compiled.apply(orjson.loads(current.json))
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError, IndexError) as exc:
+            raise FhirError(422, "processing", f"the patch cannot be applied: {exc}")
+        if not isinstance(patched, dict) or patched.get("resourceType") != ix.type or patched.get("id") != ix.id:
+            raise FhirError(422, "processing", "a patch may not change resourceType or id")
+        validate_resource(patched, expected_type=ix.type)
+        try:
+            v, _ = await ctx.repo.update(ix.type, ix.id, patched, if_match=current.version, session=ctx.session)
+        except FhirError as exc:
+            if exc.status == 412 and if_match is None and ctx.session is None:
+                continue  # someone updated in between: re-apply the patch on their version
+            raise
+        return write_result(ctx, ix, v, 200, f"patched {v.type}/{v.id} to version {v.version}")
+    raise FhirError(409, "conflict", f"{ix.type}/{ix.id} is being updated concurrently; try again")

@@ -1,0 +1,90 @@
+"""read and vread (https://hl7.org/fhir/R4/http.html#read, #vread), with conditional read."""
+
+from __future__ import annotations
+
+from email.utils import parsedate_to_datetime
+
+import orjson
+
+from fhir_server.fhir.outcome import FhirError, gone, not_found
+from fhir_server.rest.context import RequestContext
+from fhir_server.rest.formats import accepts_fhir
+from fhir_server.rest.handlers.common import set_version_body
+from fhir_server.rest.interaction import Interaction
+from fhir_server.rest.result import Result, version_headers
+from fhir_server.storage.documents import Version
+
+
+async def read(ctx: RequestContext, ix: Interaction) -> Result:
+    v = await ctx.repo.read(ix.type, ix.id, session=ctx.session)
+    if v is None:
+        latest = await ctx.repo.latest(ix.type, ix.id, session=ctx.session)
+        if latest is not None and latest.deleted:
+            err = gone(ix.type, ix.id)
+            err.headers.update(version_headers(latest))
+            raise err
+        raise not_found(ix.type, ix.id)
+    if not ctx.services.access.may_see(ctx.principal, ix.type, v.json):
+        raise not_found(ix.type, ix.id)  # never confirm existence to someone who may not see it
+    if _not_modified(ix, v):
+        return Result(status=304, headers=version_headers(v), version=v)
+    return await _version_result(ctx, ix, v)
+
+
+async def vread(ctx: RequestContext, ix: Interaction) -> Result:
+    if not ix.vid.isdigit():
+        raise not_found(ix.type, f"{ix.id}/_history/{ix.vid}")
+    v = await ctx.repo.vread(ix.type, ix.id, int(ix.vid))
+    if v is None:
+        raise FhirError(404, "not-found", f"{ix.type}/{ix.id} has no version {ix.vid}")
+    if v.deleted:
+        err = FhirError(410, "deleted", f"version {ix.vid} of {ix.type}/{ix.id} is a deletion")
+        err.headers.update(version_headers(v))
+        raise err
+    if not ctx.services.access.may_see(ctx.principal, ix.type, v.json):
+        raise FhirError(404, "not-found", f"{ix.type}/{ix.id} has no version {ix.vid}")
+    return await _version_result(ctx, ix, v)
+
+
+async def _version_result(ctx: RequestContext, ix: Interaction, v: Version) -> Result:
+    result = Result(status=200, headers=version_headers(v), version=v)
+    if v.type == "Binary" and not ctx.in_bundle and not accepts_fhir(ix.param("_format"), ix.header("accept")):
+        return _raw_binary(ctx, v, result)
+    set_version_body(ctx, result, v)
+    return result
+
+
+def _raw_binary(ctx: RequestContext, v: Version, result: Result) -> Result:
+    """Binary read with a non-FHIR Accept: the content itself (https://hl7.org/fhir/R4/binary.html#rest)."""
+    meta = orjson.loads(v.json)
+    result.media_type = meta.get("contentType") or "application/octet-stream"
+    if v.binary_file is not None:
+        result.stream = ctx.repo.binaries.stream(v.binary_file)
+    else:
+        import base64
+
+        data = meta.get("data")
+        result.stream = _once(base64.b64decode(data) if data else b"")
+    return result
+
+
+async def _once(data: bytes):
+    yield data
+
+
+def _not_modified(ix: Interaction, v: Version) -> bool:
+    """Conditional read: If-None-Match wins over If-Modified-Since (RFC 9110 §13.2.2)."""
+    inm = ix.header("if-none-match")
+    if inm is not None:
+        tags = {t.strip().removeprefix("W/") for t in inm.split(",")}
+        return "*" in tags or f'"{v.version}"' in tags
+    ims = ix.header("if-modified-since")
+    if ims is not None:
+        try:
+            since = parsedate_to_datetime(ims)
+        except (TypeError, ValueError):
+            return False
+        if since.tzinfo is None:
+            return False
+        return v.last_updated.replace(microsecond=0) <= since
+    return False

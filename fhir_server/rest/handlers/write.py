@@ -1,0 +1,68 @@
+"""create, update (and update-as-create), delete: https://hl7.org/fhir/R4/http.html#create etc.
+
+Everything is validated before anything is written, so a rejected request changes nothing.
+"""
+
+from __future__ import annotations
+
+from fhir_server.fhir.outcome import FhirError
+from fhir_server.fhir.validation import validate_resource
+from fhir_server.rest.context import RequestContext
+from fhir_server.rest.handlers.common import (
+    binary_from_raw,
+    if_match_version,
+    inline_binary,
+    is_raw_binary,
+    prefer,
+    resource_body,
+    split_binary_content,
+    write_result,
+)
+from fhir_server.rest.interaction import Interaction
+from fhir_server.rest.result import Result, information
+
+
+def incoming(ctx: RequestContext, ix: Interaction) -> tuple[dict, bytes | None]:
+    """The validated resource and, for a large Binary, its content to store apart."""
+    inline_max = ctx.services.settings.binary_inline_max_bytes
+    if is_raw_binary(ix):
+        resource, content = binary_from_raw(ix)
+        content = inline_binary(resource, content, inline_max)
+        validate_resource(resource, expected_type="Binary")
+        return resource, content
+    resource = resource_body(ix)
+    validate_resource(resource, expected_type=ix.type)
+    return resource, split_binary_content(resource, inline_max)
+
+
+async def create(ctx: RequestContext, ix: Interaction) -> Result:
+    if ix.header("if-none-exist"):
+        raise FhirError(400, "not-supported", "conditional create (If-None-Exist) is not supported yet")
+    resource, content = incoming(ctx, ix)
+    resource.pop("id", None)  # the server assigns ids on create (R4 http.html#create)
+    # ix.id is only ever set by a transaction that pre-assigned it for urn:uuid rewriting
+    v = await ctx.repo.create(ix.type, resource, content=content, rid=ix.id, session=ctx.session)
+    return write_result(ctx, ix, v, 201, f"created {v.type}/{v.id} version {v.version}")
+
+
+async def update(ctx: RequestContext, ix: Interaction) -> Result:
+    resource, content = incoming(ctx, ix)
+    body_id = resource.get("id")
+    if body_id is None and not is_raw_binary(ix):
+        raise FhirError(400, "required", "the resource must carry an id equal to the URL's", [f"{ix.type}.id"])
+    if body_id is not None and body_id != ix.id:
+        raise FhirError(400, "invalid", f"resource id '{body_id}' does not match the URL id '{ix.id}'",
+                        [f"{ix.type}.id"])
+    v, created = await ctx.repo.update(ix.type, ix.id, resource, if_match=if_match_version(ix), content=content,
+                                       session=ctx.session)
+    status = 201 if created else 200
+    return write_result(ctx, ix, v, status, f"{'created' if created else 'updated'} {v.type}/{v.id} version {v.version}")
+
+
+async def delete(ctx: RequestContext, ix: Interaction) -> Result:
+    v = await ctx.repo.delete(ix.type, ix.id, if_match=if_match_version(ix), session=ctx.session)
+    headers = {"ETag": v.etag} if v is not None else {}
+    message = f"deleted {ix.type}/{ix.id}" if v is not None else f"{ix.type}/{ix.id} did not exist; nothing deleted"
+    if prefer(ix, "return") == "OperationOutcome":
+        return Result(status=200, resource=information(message), headers=headers, version=v)
+    return Result(status=204, headers=headers, version=v)

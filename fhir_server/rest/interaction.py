@@ -1,0 +1,117 @@
+"""A parsed FHIR interaction: what the client asked for, independent of how it arrived.
+
+The HTTP endpoint and every Bundle entry are parsed into an `Interaction`, so both follow the
+same path through the access decision and the handlers (RESTful API:
+https://hl7.org/fhir/R4/http.html, Bundle entries: https://hl7.org/fhir/R4/http.html#transaction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
+
+from fhir_server.fhir.outcome import FhirError
+from fhir_server.fhir.types import ALL_R4_TYPES, SUPPORTED, is_valid_id
+
+# interaction kinds
+CAPABILITIES = "capabilities"
+READ, VREAD, UPDATE, PATCH, DELETE, CREATE = "read", "vread", "update", "patch", "delete", "create"
+SEARCH_TYPE, SEARCH_SYSTEM = "search-type", "search-system"
+HISTORY_INSTANCE, HISTORY_TYPE, HISTORY_SYSTEM = "history-instance", "history-type", "history-system"
+BUNDLE = "batch/transaction"
+OPERATION = "operation"
+
+WRITES = frozenset({UPDATE, PATCH, DELETE, CREATE})
+
+
+@dataclass(slots=True)
+class Interaction:
+    kind: str
+    method: str
+    type: str | None = None
+    id: str | None = None
+    vid: str | None = None
+    operation: str | None = None  # e.g. "validate" for $validate
+    params: list[tuple[str, str]] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)  # lower-case names
+    body: bytes | None = None
+    resource: dict | None = None  # already-parsed body (Bundle entries)
+
+    def param(self, name: str) -> str | None:
+        for k, v in self.params:
+            if k == name:
+                return v
+        return None
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+
+def _allowed(methods: dict[str, str], method: str, path: str) -> str:
+    kind = methods.get(method)
+    if kind is None:
+        raise FhirError(
+            405, "not-supported", f"{method} is not supported on {path}",
+            headers={"Allow": ", ".join(sorted(methods))},
+        )
+    return kind
+
+
+def _check_type(rtype: str) -> None:
+    if rtype not in SUPPORTED:
+        why = "is not stored by this server" if rtype in ALL_R4_TYPES else "is not a FHIR R4 resource type"
+        raise FhirError(404, "not-supported", f"resource type '{rtype}' {why}")
+
+
+def _check_id(value: str, what: str = "id") -> None:
+    if not is_valid_id(value):
+        raise FhirError(400, "value", f"'{value[:80]}' is not a valid FHIR {what}")
+
+
+def parse(method: str, path: str, query: str | list[tuple[str, str]], headers: dict[str, str],
+          body: bytes | None = None, resource: dict | None = None) -> Interaction:
+    """Parse `path` (relative to the FHIR base, without leading slash) and method into an Interaction."""
+    params = parse_qsl(query, keep_blank_values=True) if isinstance(query, str) else list(query)
+    segs = [s for s in path.split("/") if s] if path else []
+    ix = Interaction(kind="", method=method, params=params, headers=headers, body=body, resource=resource)
+    n = len(segs)
+    if n == 0:
+        ix.kind = _allowed({"GET": SEARCH_SYSTEM, "POST": BUNDLE}, method, "the base URL")
+    elif segs[0] == "metadata" and n == 1:
+        ix.kind = _allowed({"GET": CAPABILITIES}, method, "metadata")
+    elif segs[0] == "_history" and n == 1:
+        ix.kind = _allowed({"GET": HISTORY_SYSTEM}, method, "_history")
+    elif segs[0].startswith("$"):
+        raise FhirError(404, "not-supported", f"operation '{segs[0]}' is not supported at system level")
+    else:
+        ix.type = segs[0]
+        _check_type(ix.type)
+        if n == 1:
+            ix.kind = _allowed({"GET": SEARCH_TYPE, "POST": CREATE}, method, ix.type)
+        elif n == 2 and segs[1] == "_search":
+            ix.kind = _allowed({"POST": SEARCH_TYPE}, method, f"{ix.type}/_search")
+        elif n == 2 and segs[1] == "_history":
+            ix.kind = _allowed({"GET": HISTORY_TYPE}, method, f"{ix.type}/_history")
+        elif n == 2 and segs[1].startswith("$"):
+            ix.kind, ix.operation = OPERATION, segs[1][1:]
+            _allowed({"GET": OPERATION, "POST": OPERATION}, method, f"{ix.type}/{segs[1]}")
+        else:
+            ix.id = segs[1]
+            _check_id(ix.id)
+            if n == 2:
+                ix.kind = _allowed({"GET": READ, "PUT": UPDATE, "PATCH": PATCH, "DELETE": DELETE}, method,
+                                   f"{ix.type}/{ix.id}")
+            elif n == 3 and segs[2] == "_history":
+                ix.kind = _allowed({"GET": HISTORY_INSTANCE}, method, f"{ix.type}/{ix.id}/_history")
+            elif n == 4 and segs[2] == "_history":
+                ix.vid = segs[3]
+                _check_id(ix.vid, "version id")
+                ix.kind = _allowed({"GET": VREAD}, method, f"{ix.type}/{ix.id}/_history/{ix.vid}")
+            elif n == 3 and segs[2].startswith("$"):
+                ix.kind, ix.operation = OPERATION, segs[2][1:]
+                _allowed({"GET": OPERATION, "POST": OPERATION}, method, f"{ix.type}/{ix.id}/{segs[2]}")
+            else:
+                raise FhirError(404, "not-found", "no FHIR interaction matches this URL")
+    if method == "HEAD":
+        raise FhirError(405, "not-supported", "HEAD is not supported")
+    return ix

@@ -1,0 +1,37 @@
+"""Large Binary content in GridFS, streamed in and out.
+
+Binary resources above `binary_inline_max_bytes` keep their bytes out of the resource document
+(MongoDB documents stop at 16 MiB, and streaming beats loading whole documents). Small ones keep
+`data` inline, which makes the common case one document read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from gridfs import AsyncGridFSBucket
+from pymongo.asynchronous.database import AsyncDatabase
+
+CHUNK = 255 * 1024  # GridFS default chunk size
+
+
+class BinaryStore:
+    def __init__(self, db: AsyncDatabase, bucket: str = "binary_content") -> None:
+        self._bucket = AsyncGridFSBucket(db, bucket_name=bucket, chunk_size_bytes=CHUNK)
+
+    async def ensure_indexes(self) -> None:
+        """GridFS creates its indexes on first write; nothing to do up front."""
+
+    async def put(self, content: bytes, session=None) -> object:
+        return await self._bucket.upload_from_stream("content", content, session=session)
+
+    async def stream(self, file_id: object) -> AsyncIterator[bytes]:
+        grid_out = await self._bucket.open_download_stream(file_id)
+        try:
+            while True:
+                chunk = await grid_out.readchunk()
+                if not chunk:
+                    break
+                yield chunk
+        finally:
+            await grid_out.close()

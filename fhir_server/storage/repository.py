@@ -1,0 +1,261 @@
+"""The resource repository: versioned writes, reads and history on MongoDB. Knows nothing of HTTP.
+
+Write protocol (no multi-document transaction needed, so it works on FerretDB v1 and sharded
+MongoDB alike): a write first inserts the new version into the history collection under the
+unique `_id` "id/version". That insert is the lock: of two concurrent writers building on the
+same version, exactly one wins, the other gets a duplicate key and retries on top of the winner
+(or answers 412 when the client sent If-Match). The winner then applies the version to the
+current collection with an idempotent, version-guarded replace. If a writer dies between the two
+steps, the next writer finds the orphan history version and rolls it forward before going on.
+When a transaction session is given (transaction Bundles), the same steps run inside it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+
+import orjson
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from fhir_server.fhir.outcome import FhirError
+from fhir_server.storage.binaries import BinaryStore
+from fhir_server.storage.documents import (
+    F_BINARY,
+    F_BINARY_SIZE,
+    F_ID,
+    F_JSON,
+    F_UPDATED,
+    F_VERSION,
+    H_OP,
+    H_RESOURCE_ID,
+    OP_CREATE,
+    OP_DELETE,
+    OP_UPDATE,
+    Version,
+    fhir_instant,
+    history_collection,
+    history_id,
+    now_ms,
+)
+
+MAX_WRITE_ATTEMPTS = 64
+IndexFields = Callable[[dict], dict]
+IndexSpecs = Callable[[str], list[IndexModel]]
+
+
+def _no_index_fields(resource: dict) -> dict:
+    return {}
+
+
+def _no_index_specs(rtype: str) -> list[IndexModel]:
+    return []
+
+
+class Repository:
+    def __init__(
+        self,
+        client: AsyncMongoClient,
+        db: AsyncDatabase,
+        types: tuple[str, ...],
+        binaries: BinaryStore,
+        index_fields: IndexFields = _no_index_fields,
+        index_specs: IndexSpecs = _no_index_specs,
+    ) -> None:
+        self.client = client
+        self.db = db
+        self.types = types
+        self.binaries = binaries
+        self._index_fields = index_fields
+        self._index_specs = index_specs
+        self._current = {t: db[t] for t in types}
+        self._history = {t: db[history_collection(t)] for t in types}
+
+    async def ensure_indexes(self) -> None:
+        """Idempotent: create_indexes is a no-op for indexes that already exist."""
+        for t in self.types:
+            await self._history[t].create_indexes(
+                [
+                    IndexModel([(H_RESOURCE_ID, ASCENDING), (F_VERSION, DESCENDING)], name="rid_v"),
+                    IndexModel([(F_UPDATED, DESCENDING), (F_ID, DESCENDING)], name="lu_id"),
+                ]
+            )
+            specs = [IndexModel([(F_UPDATED, DESCENDING), (F_ID, DESCENDING)], name="lu_id")]
+            specs += self._index_specs(t)
+            await self._current[t].create_indexes(specs)
+        await self.binaries.ensure_indexes()
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    async def read(self, rtype: str, rid: str, session: AsyncClientSession | None = None) -> Version | None:
+        doc = await self._current[rtype].find_one({F_ID: rid}, session=session)
+        return Version.from_current(rtype, doc) if doc is not None else None
+
+    async def latest(self, rtype: str, rid: str, session: AsyncClientSession | None = None) -> Version | None:
+        """The newest version in history (a tombstone for a deleted resource), or None if never seen."""
+        doc = await self._history[rtype].find_one(
+            {H_RESOURCE_ID: rid}, sort=[(F_VERSION, DESCENDING)], session=session
+        )
+        return Version.from_history(rtype, doc) if doc is not None else None
+
+    async def vread(self, rtype: str, rid: str, version: int) -> Version | None:
+        doc = await self._history[rtype].find_one({F_ID: history_id(rid, version)})
+        return Version.from_history(rtype, doc) if doc is not None else None
+
+    async def list_current(self, rtype: str, count: int, after_id: str | None = None) -> list[Version]:
+        query = {F_ID: {"$gt": after_id}} if after_id is not None else {}
+        cursor = self._current[rtype].find(query, sort=[(F_ID, ASCENDING)], limit=count)
+        return [Version.from_current(rtype, d) async for d in cursor]
+
+    async def count_current(self, rtype: str) -> int:
+        return await self._current[rtype].count_documents({})
+
+    async def history(
+        self,
+        rtype: str,
+        *,
+        rid: str | None = None,
+        since: datetime | None = None,
+        before: tuple[datetime, str] | None = None,
+        count: int,
+    ) -> list[Version]:
+        """Versions newest first; `before` is the (lastUpdated, history _id) keyset cursor."""
+        query: dict = {}
+        if rid is not None:
+            query[H_RESOURCE_ID] = rid
+        if since is not None:
+            query[F_UPDATED] = {"$gte": since}
+        if before is not None:
+            lu, hid = before
+            query["$or"] = [{F_UPDATED: {"$lt": lu}}, {F_UPDATED: lu, F_ID: {"$lt": hid}}]
+        sort = [(F_UPDATED, DESCENDING), (F_ID, DESCENDING)]
+        cursor = self._history[rtype].find(query, sort=sort, limit=count)
+        return [Version.from_history(rtype, d) async for d in cursor]
+
+    # ---- writes ------------------------------------------------------------------------------
+
+    async def create(
+        self, rtype: str, resource: dict, *, content: bytes | None = None, rid: str | None = None,
+        session: AsyncClientSession | None = None,
+    ) -> Version:
+        """Create with a server-assigned id (or `rid`, chosen by the caller, e.g. a transaction)."""
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            new_id = rid or str(uuid.uuid4())
+            try:
+                return await self._write_version(rtype, new_id, 1, OP_CREATE, resource, content, session)
+            except DuplicateKeyError:
+                if rid is not None:
+                    raise FhirError(409, "duplicate", f"{rtype}/{rid} already exists")
+        raise FhirError(500, "exception", "could not allocate a new id")
+
+    async def update(
+        self, rtype: str, rid: str, resource: dict, *, if_match: int | None = None,
+        content: bytes | None = None, session: AsyncClientSession | None = None,
+    ) -> tuple[Version, bool]:
+        """Update, or create with the client's id; returns (version, created)."""
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            current, exists = await self._current_version(rtype, rid, session)
+            self._check_if_match(rtype, rid, if_match, current, exists)
+            version = current + 1
+            op = OP_UPDATE if exists else OP_CREATE
+            try:
+                written = await self._write_version(rtype, rid, version, op, resource, content, session)
+                return written, not exists
+            except DuplicateKeyError:
+                await self._after_lost_race(rtype, rid, version, session)
+        raise FhirError(409, "conflict", f"{rtype}/{rid} is being updated concurrently; try again")
+
+    async def delete(
+        self, rtype: str, rid: str, *, if_match: int | None = None, session: AsyncClientSession | None = None
+    ) -> Version | None:
+        """Write a tombstone; None when there was nothing to delete (delete is idempotent)."""
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            current, exists = await self._current_version(rtype, rid, session)
+            self._check_if_match(rtype, rid, if_match, current, exists)
+            if not exists:
+                return None
+            version = current + 1
+            try:
+                return await self._write_version(rtype, rid, version, OP_DELETE, None, None, session)
+            except DuplicateKeyError:
+                await self._after_lost_race(rtype, rid, version, session)
+        raise FhirError(409, "conflict", f"{rtype}/{rid} is being updated concurrently; try again")
+
+    @staticmethod
+    def _check_if_match(rtype: str, rid: str, if_match: int | None, current: int, exists: bool) -> None:
+        if if_match is not None and (current == 0 or if_match != current):
+            state = f"is at version {current}" if current else "does not exist"
+            raise FhirError(412, "conflict", f"If-Match expected version {if_match} but {rtype}/{rid} {state}")
+
+    async def _current_version(self, rtype: str, rid: str, session) -> tuple[int, bool]:
+        """(newest version number, whether the resource currently exists)."""
+        doc = await self._current[rtype].find_one({F_ID: rid}, projection={F_VERSION: 1}, session=session)
+        if doc is not None:
+            return doc[F_VERSION], True
+        latest = await self._history[rtype].find_one(
+            {H_RESOURCE_ID: rid}, projection={F_JSON: 0}, sort=[(F_VERSION, DESCENDING)], session=session
+        )
+        if latest is None:
+            return 0, False
+        if latest[H_OP] != OP_DELETE:  # a writer died before applying it: finish its work
+            await self._roll_forward(rtype, latest, session)
+            return latest[F_VERSION], True
+        return latest[F_VERSION], False
+
+    async def _after_lost_race(self, rtype: str, rid: str, version: int, session) -> None:
+        if session is not None:  # inside a transaction the engine has aborted it already
+            raise FhirError(409, "conflict", f"{rtype}/{rid} was modified concurrently")
+        orphan = await self._history[rtype].find_one({F_ID: history_id(rid, version)})
+        if orphan is not None:
+            await self._roll_forward(rtype, orphan, None)
+
+    async def _roll_forward(self, rtype: str, hist: dict, session) -> None:
+        resource = orjson.loads(hist[F_JSON]) if hist.get(F_JSON) is not None else None
+        await self._apply(rtype, hist, resource, session)
+
+    async def _write_version(
+        self, rtype: str, rid: str, version: int, op: str, resource: dict | None, content: bytes | None, session
+    ) -> Version:
+        updated = now_ms()
+        hist: dict = {F_ID: history_id(rid, version), H_RESOURCE_ID: rid, F_VERSION: version,
+                      F_UPDATED: updated, H_OP: op, F_JSON: None}
+        if resource is not None:
+            meta = resource.get("meta")
+            meta = dict(meta) if isinstance(meta, dict) else {}
+            meta["versionId"] = str(version)
+            meta["lastUpdated"] = fhir_instant(updated)
+            # resourceType, id and meta first, as FHIR renders them; then the client's elements
+            stamped = {"resourceType": rtype, "id": rid, "meta": meta}
+            stamped.update((k, v) for k, v in resource.items() if k not in stamped)
+            resource = stamped
+            hist[F_JSON] = orjson.dumps(resource)
+            if content is not None:
+                hist[F_BINARY] = await self.binaries.put(content, session=session)
+                hist[F_BINARY_SIZE] = len(content)
+        await self._history[rtype].insert_one(hist, session=session)
+        await self._apply(rtype, hist, resource, session)
+        return Version.from_history(rtype, hist)
+
+    async def _apply(self, rtype: str, hist: dict, resource: dict | None, session) -> None:
+        """Make `hist` the current version unless a newer one is current already (idempotent)."""
+        rid, version = hist[H_RESOURCE_ID], hist[F_VERSION]
+        guard = {F_ID: rid, F_VERSION: {"$lt": version}}
+        current = self._current[rtype]
+        if hist[H_OP] == OP_DELETE:
+            await current.delete_one(guard, session=session)
+            return
+        doc = {F_ID: rid, F_VERSION: version, F_UPDATED: hist[F_UPDATED], F_JSON: hist[F_JSON]}
+        if hist.get(F_BINARY) is not None:
+            doc[F_BINARY] = hist[F_BINARY]
+            doc[F_BINARY_SIZE] = hist[F_BINARY_SIZE]
+        doc.update(self._index_fields(resource))
+        try:
+            await current.replace_one(guard, doc, upsert=True, session=session)
+        except DuplicateKeyError:
+            if session is not None:
+                raise
+            # a newer version is current already: this one is history only.
