@@ -1,0 +1,118 @@
+"""batch and transaction Bundles: https://hl7.org/fhir/R4/http.html#transaction."""
+
+import uuid
+
+from tests.helpers import JSON_HEADERS, assert_outcome, create, patient
+
+
+def _urn() -> str:
+    return f"urn:uuid:{uuid.uuid4()}"
+
+
+def _count(client, rtype) -> int:
+    return client.get(f"/{rtype}", params={"_count": "0"}).json()["total"]
+
+
+def test_batch_entries_succeed_or_fail_independently(any_fhir):
+    existing = create(any_fhir, patient())
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": patient(), "request": {"method": "POST", "url": "Patient"}},
+        {"request": {"method": "GET", "url": f"Patient/{existing['id']}"}},
+        {"request": {"method": "GET", "url": "Patient/does-not-exist"}},
+        {"resource": patient(gender="robot"), "request": {"method": "POST", "url": "Patient"}},
+        {"request": {"method": "DELETE", "url": f"Patient/{existing['id']}"}},
+    ]}
+    r = any_fhir.post("", json=bundle, headers=JSON_HEADERS)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["type"] == "batch-response"
+    statuses = [e["response"]["status"] for e in out["entry"]]
+    assert statuses == ["201", "200", "404", "400", "204"]
+    assert out["entry"][0]["response"]["location"].startswith(any_fhir.base_url.__str__().rstrip("/"))
+    assert out["entry"][1]["resource"]["id"] == existing["id"]
+    assert out["entry"][3]["response"]["outcome"]["resourceType"] == "OperationOutcome"
+    assert any_fhir.get(f"/Patient/{existing['id']}").status_code == 410
+
+
+def test_transaction_rewrites_urn_references_atomically(fhir_txn):
+    org, pat = _urn(), _urn()
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": pat, "resource": patient(managingOrganization={"reference": org}),
+         "request": {"method": "POST", "url": "Patient"}},
+        {"fullUrl": org, "resource": {"resourceType": "Organization", "name": "CHU de Nantes"},
+         "request": {"method": "POST", "url": "Organization"}},
+    ]}
+    r = fhir_txn.post("", json=bundle, headers=JSON_HEADERS)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["type"] == "transaction-response"
+    assert [e["response"]["status"] for e in out["entry"]] == ["201", "201"]
+    patient_id = out["entry"][0]["resource"]["id"]
+    org_id = out["entry"][1]["resource"]["id"]
+    stored = fhir_txn.get(f"/Patient/{patient_id}").json()
+    assert stored["managingOrganization"]["reference"] == f"Organization/{org_id}"
+    assert fhir_txn.get(f"/Organization/{org_id}").status_code == 200
+
+
+def test_transaction_failure_applies_nothing(fhir_txn):
+    before = _count(fhir_txn, "Patient")
+    doomed = create(fhir_txn, patient())
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": _urn(), "resource": patient(), "request": {"method": "POST", "url": "Patient"}},
+        {"request": {"method": "DELETE", "url": f"Patient/{doomed['id']}"}},
+        {"resource": dict(doomed, gender="male"),
+         "request": {"method": "PUT", "url": f"Patient/{doomed['id']}", "ifMatch": 'W/"9"'}},
+    ]}
+    r = fhir_txn.post("", json=bundle, headers=JSON_HEADERS)
+    assert_outcome(r, 412)
+    assert _count(fhir_txn, "Patient") == before + 1
+    assert fhir_txn.get(f"/Patient/{doomed['id']}").json() == doomed
+
+
+def test_transaction_with_invalid_entry_applies_nothing(fhir_txn):
+    before = _count(fhir_txn, "Patient")
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": _urn(), "resource": patient(), "request": {"method": "POST", "url": "Patient"}},
+        {"fullUrl": _urn(), "resource": patient(gender="robot"), "request": {"method": "POST", "url": "Patient"}},
+    ]}
+    assert_outcome(fhir_txn.post("", json=bundle, headers=JSON_HEADERS), 400)
+    assert _count(fhir_txn, "Patient") == before
+
+
+def test_transaction_refused_without_engine_transactions(fhir):
+    before = _count(fhir, "Patient")
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": _urn(), "resource": patient(), "request": {"method": "POST", "url": "Patient"}},
+    ]}
+    body = assert_outcome(fhir.post("", json=bundle, headers=JSON_HEADERS), 501, "not-supported")
+    assert "nothing was applied" in body["issue"][0]["diagnostics"]
+    assert _count(fhir, "Patient") == before
+
+
+def test_bundle_request_errors(fhir):
+    assert_outcome(fhir.post("", json={"resourceType": "Bundle", "type": "collection"}, headers=JSON_HEADERS), 400)
+    assert_outcome(fhir.post("", json=patient(), headers=JSON_HEADERS), 400)
+    bad_entry = {"resourceType": "Bundle", "type": "batch", "entry": [{"resource": patient()}]}
+    r = fhir.post("", json=bad_entry, headers=JSON_HEADERS)
+    assert r.status_code == 200 and r.json()["entry"][0]["response"]["status"] == "400"
+    foreign = {"resourceType": "Bundle", "type": "batch",
+               "entry": [{"request": {"method": "GET", "url": "http://elsewhere.example/fhir/Patient/1"}}]}
+    assert fhir.post("", json=foreign, headers=JSON_HEADERS).json()["entry"][0]["response"]["status"] == "400"
+    nested = {"resourceType": "Bundle", "type": "batch",
+              "entry": [{"resource": {"resourceType": "Bundle", "type": "batch"}, "request": {"method": "POST", "url": ""}}]}
+    out = fhir.post("", json=nested, headers=JSON_HEADERS).json()
+    assert out["entry"][0]["response"]["status"] in ("400", "405")
+
+
+def test_batch_patch_entry_uses_binary(any_fhir):
+    import base64
+    import json
+
+    created = create(any_fhir, patient())
+    ops = base64.b64encode(json.dumps([{"op": "replace", "path": "/gender", "value": "male"}]).encode()).decode()
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": {"resourceType": "Binary", "contentType": "application/json-patch+json", "data": ops},
+         "request": {"method": "PATCH", "url": f"Patient/{created['id']}"}}]}
+    out = any_fhir.post("", json=bundle, headers=JSON_HEADERS).json()
+    assert out["entry"][0]["response"]["status"] == "200"
+    assert any_fhir.get(f"/Patient/{created['id']}").json()["gender"] == "male"
