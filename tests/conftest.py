@@ -73,7 +73,7 @@ class Server:
         return httpx.Client(base_url=self.fhir_base, headers={"Accept": FHIR_JSON}, **kwargs)
 
 
-def start_server(mongodb_uri: str, extra_env: dict[str, str] | None = None) -> Server:
+def start_server(mongodb_uri: str, extra_env: dict[str, str] | None = None, stderr=None) -> Server:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -86,7 +86,7 @@ def start_server(mongodb_uri: str, extra_env: dict[str, str] | None = None) -> S
     env.pop("FHIR_PUBLIC_BASE_URL", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "fhir_server.cli", "serve", "--fd", str(sock.fileno())],
-        pass_fds=(sock.fileno(),), env=env, cwd=ROOT,
+        pass_fds=(sock.fileno(),), env=env, cwd=ROOT, stderr=stderr,
     )
     sock.close()
     server = Server(proc, f"http://127.0.0.1:{port}", mongodb_uri, database)

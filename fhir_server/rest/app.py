@@ -103,7 +103,6 @@ async def fhir_endpoint(request: Request) -> Response:
     try:
         params = request.query_params
         pretty = params.get("_pretty") == "true"
-        negotiate(params.get("_format"), request.headers.get("accept"))
         body = await _read_body(request, services.settings.max_body_bytes) if request.method in (
             "POST", "PUT", "PATCH") else None
         headers = {k: v for k, v in request.headers.items()}
@@ -112,6 +111,8 @@ async def fhir_endpoint(request: Request) -> Response:
             query = "&".join(p for p in (query, body.decode("utf-8", "replace")) if p)
             body = None
         ix = interactions.parse(request.method, request.path_params.get("path", ""), query, headers, body)
+        if not (ix.type == "Binary" and ix.kind in (interactions.READ, interactions.VREAD)):
+            negotiate(params.get("_format"), request.headers.get("accept"))  # Binary may be read raw
         request.scope["state"]["interaction"] = ix.kind
         request.scope["state"]["resource_type"] = ix.type
         ctx = RequestContext(services, _base_url(request, services.settings), ANONYMOUS,

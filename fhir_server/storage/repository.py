@@ -201,8 +201,9 @@ class Repository:
         )
         if latest is None:
             return 0, False
-        if latest[H_OP] != OP_DELETE:  # a writer died before applying it: finish its work
-            await self._roll_forward(rtype, latest, session)
+        if latest[H_OP] != OP_DELETE:  # its writer is mid-flight or died: finish its work
+            full = await self._history[rtype].find_one({F_ID: latest[F_ID]}, session=session)
+            await self._roll_forward(rtype, full, session)
             return latest[F_VERSION], True
         return latest[F_VERSION], False
 

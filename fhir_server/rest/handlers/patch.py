@@ -16,8 +16,8 @@ from fhir_server.rest.formats import JSON_PATCH, media_type
 from fhir_server.rest.handlers.common import if_match_version, write_result
 from fhir_server.rest.interaction import Interaction
 from fhir_server.rest.result import Result
+from fhir_server.storage.repository import MAX_WRITE_ATTEMPTS
 
-MAX_ATTEMPTS = 8
 
 
 def _operations(ix: Interaction) -> list:
@@ -60,7 +60,7 @@ async def patch(ctx: RequestContext, ix: Interaction) -> Result:
     if_match = if_match_version(ix)
     if ix.type == "Binary":
         raise FhirError(405, "not-supported", "Binary cannot be patched; update it instead")
-    for _ in range(MAX_ATTEMPTS):
+    for _ in range(MAX_WRITE_ATTEMPTS):  # each lost race means another writer made progress
         current = await ctx.repo.read(ix.type, ix.id, session=ctx.session)
         if current is None:
             latest = await ctx.repo.latest(ix.type, ix.id, session=ctx.session)

@@ -1,0 +1,30 @@
+"""The published CapabilityStatement (capability/) matches what running servers serve."""
+
+import json
+from pathlib import Path
+
+PUBLISHED = Path(__file__).resolve().parent.parent / "capability" / "CapabilityStatement.json"
+
+
+def test_published_statement_equals_served_on_transactional_engine(fhir_txn):
+    served = fhir_txn.get("/metadata").json()
+    assert served == json.loads(PUBLISHED.read_text())
+
+
+def test_served_statement_on_ferretdb_omits_only_transaction(fhir):
+    served = fhir.get("/metadata").json()
+    published = json.loads(PUBLISHED.read_text())
+    published["rest"][0]["interaction"] = [i for i in published["rest"][0]["interaction"] if i["code"] != "transaction"]
+    assert served == published
+
+
+def test_statement_lists_every_stored_type_and_interaction(fhir):
+    served = fhir.get("/metadata").json()
+    assert served["fhirVersion"] == "4.0.1" and served["kind"] == "instance"
+    types = {r["type"] for r in served["rest"][0]["resource"]}
+    assert types == {"Patient", "Practitioner", "PractitionerRole", "Organization", "Consent", "DocumentReference",
+                     "AuditEvent", "Provenance", "Binary", "List"}
+    for resource in served["rest"][0]["resource"]:
+        codes = {i["code"] for i in resource["interaction"]}
+        assert {"read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create"} <= codes
+    assert "application/fhir+json" in served["format"]
