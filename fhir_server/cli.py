@@ -7,10 +7,15 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 from fhir_server.config import Settings
+
+
+def _exit_cleanly(signum, frame) -> None:
+    raise SystemExit(0)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -28,6 +33,10 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["FHIR_MONGODB_URI"] = engine.start()
         print(f"embedded FerretDB (SQLite) on {engine.uri}, data in {settings.data_dir / 'ferretdb'}", file=sys.stderr)
     print("WARNING: no authentication is configured; anyone reaching this port has full access.", file=sys.stderr)
+    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; turn them into a normal exit
+    # so the `finally` below stops the embedded engine.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    signal.signal(signal.SIGINT, _exit_cleanly)
     try:
         where = {"fd": args.fd} if args.fd is not None else {"host": host, "port": port}
         uvicorn.run("fhir_server.rest.app:create_app", factory=True, workers=workers, log_level="warning",

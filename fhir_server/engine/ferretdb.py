@@ -8,13 +8,23 @@ and a medical record server should not phone home.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGTERM FerretDB if the server dies without stopping it (e.g. SIGKILL)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -55,7 +65,8 @@ class EmbeddedFerretDB:
         (self.data_dir / "sqlite").mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "ferretdb.log", "ab")
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env={**os.environ, "FERRETDB_TELEMETRY": "disable"})
+                                        stdin=subprocess.DEVNULL, env={**os.environ, "FERRETDB_TELEMETRY": "disable"},
+                                        preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

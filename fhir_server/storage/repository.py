@@ -56,6 +56,18 @@ def _no_index_specs(rtype: str) -> list[IndexModel]:
     return []
 
 
+async def _ensure(collection, models: list[IndexModel]) -> None:
+    """Create missing indexes one by one, by name.
+
+    FerretDB v1.24 crashes the connection when one createIndexes command names several indexes
+    that already exist (docs/mongodb-compat.md); skipping existing names avoids it everywhere.
+    """
+    existing = {ix["name"] async for ix in await collection.list_indexes()}
+    for model in models:
+        if model.document["name"] not in existing:
+            await collection.create_indexes([model])
+
+
 class Repository:
     def __init__(
         self,
@@ -76,17 +88,14 @@ class Repository:
         self._history = {t: db[history_collection(t)] for t in types}
 
     async def ensure_indexes(self) -> None:
-        """Idempotent: create_indexes is a no-op for indexes that already exist."""
+        """Create the indexes that are missing; safe to run at every start-up."""
         for t in self.types:
-            await self._history[t].create_indexes(
-                [
-                    IndexModel([(H_RESOURCE_ID, ASCENDING), (F_VERSION, DESCENDING)], name="rid_v"),
-                    IndexModel([(F_UPDATED, DESCENDING), (F_ID, DESCENDING)], name="lu_id"),
-                ]
-            )
-            specs = [IndexModel([(F_UPDATED, DESCENDING), (F_ID, DESCENDING)], name="lu_id")]
-            specs += self._index_specs(t)
-            await self._current[t].create_indexes(specs)
+            await _ensure(self._history[t], [
+                IndexModel([(H_RESOURCE_ID, ASCENDING), (F_VERSION, DESCENDING)], name="rid_v"),
+                IndexModel([(F_UPDATED, DESCENDING), (F_ID, DESCENDING)], name="lu_id"),
+            ])
+            await _ensure(self._current[t], [IndexModel([(F_UPDATED, DESCENDING), (F_ID, DESCENDING)], name="lu_id"),
+                                             *self._index_specs(t)])
         await self.binaries.ensure_indexes()
 
     # ---- reads -------------------------------------------------------------------------------
