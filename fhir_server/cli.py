@@ -32,7 +32,11 @@ def _serve(args: argparse.Namespace) -> int:
         engine = EmbeddedFerretDB(settings.ferretdb_bin, settings.data_dir / "ferretdb", settings.ferretdb_port)
         os.environ["FHIR_MONGODB_URI"] = engine.start()
         print(f"embedded FerretDB (SQLite) on {engine.uri}, data in {settings.data_dir / 'ferretdb'}", file=sys.stderr)
-    print("WARNING: no authentication is configured; anyone reaching this port has full access.", file=sys.stderr)
+    if settings.insecure_dev_mode:
+        bar = "!" * 78
+        print(f"{bar}\nWARNING: INSECURE DEV MODE (FHIR_INSECURE_DEV_MODE=true): requests WITHOUT an access token get\n"
+              f"FULL ACCESS to every patient's record. Development only; never expose this server.\n{bar}",
+              file=sys.stderr)
     # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; turn them into a normal exit
     # so the `finally` below stops the embedded engine.
     signal.signal(signal.SIGTERM, _exit_cleanly)
@@ -84,6 +88,113 @@ def _capabilities(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_db(work) -> int:
+    """Run `work(db)` against the configured database (starting the embedded engine if none is)."""
+    from pymongo import AsyncMongoClient
+
+    settings = Settings()
+    engine = None
+    uri = settings.mongodb_uri.get_secret_value() if settings.mongodb_uri else None
+    if uri is None:
+        from fhir_server.engine.ferretdb import EmbeddedFerretDB
+
+        engine = EmbeddedFerretDB(settings.ferretdb_bin, settings.data_dir / "ferretdb", settings.ferretdb_port)
+        uri = engine.start()
+
+    async def run() -> int:
+        client = AsyncMongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=10000)
+        try:
+            return await work(client[settings.database])
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(run())
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if engine is not None:
+            engine.stop()
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    import getpass
+
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != first:
+        raise SystemExit("error: the passwords differ")
+    return first
+
+
+def _users(args: argparse.Namespace) -> int:
+    from fhir_server.auth.stores import MongoUserDirectory, User
+
+    password = _read_password(args) if args.action == "add" else None
+
+    async def work(db) -> int:
+        users = MongoUserDirectory(db)
+        if args.action == "add":
+            await users.add(User(args.username, args.role, args.fhir_user, args.name or "", args.rpps), password)
+            print(f"added {args.role} {args.username}")
+        elif args.action == "list":
+            for u in await users.list():
+                print(json.dumps({"username": u.username, "role": u.role, "fhir_user": u.fhir_user, "name": u.name,
+                                  "rpps": u.rpps, "disabled": u.disabled}))
+        else:
+            if not await users.set_disabled(args.username, args.action == "disable"):
+                print(f"error: no user '{args.username}'", file=sys.stderr)
+                return 1
+            print(f"{args.action}d {args.username}")
+        return 0
+
+    return _with_db(work)
+
+
+def _clients(args: argparse.Namespace) -> int:
+    import secrets
+
+    from fhir_server.auth.stores import Client, MongoClientRegistry
+
+    async def work(db) -> int:
+        clients = MongoClientRegistry(db)
+        if args.action == "add":
+            jwks = json.loads(Path(args.jwks).read_text()) if args.jwks else None
+            secret = args.secret
+            if args.kind == "confidential-symmetric" and not secret:
+                secret = secrets.token_urlsafe(32)
+                print(f"client secret (shown once): {secret}")
+            await clients.add(Client(args.client_id, args.kind, args.name or args.client_id, args.redirect_uri or [],
+                                     (args.scope or "").split(), None, jwks, args.jwks_uri), secret)
+            print(f"added {args.kind} client {args.client_id}")
+        elif args.action == "list":
+            for c in await clients.list():
+                print(json.dumps({"client_id": c.client_id, "kind": c.kind, "name": c.name,
+                                  "redirect_uris": c.redirect_uris, "scopes": " ".join(c.scopes),
+                                  "jwks": bool(c.jwks), "jwks_uri": c.jwks_uri}))
+        else:
+            if not await clients.remove(args.client_id):
+                print(f"error: no client '{args.client_id}'", file=sys.stderr)
+                return 1
+            print(f"removed {args.client_id}")
+        return 0
+
+    return _with_db(work)
+
+
+def _launch(args: argparse.Namespace) -> int:
+    from fhir_server.auth.stores import StateStore
+
+    async def work(db) -> int:
+        ctx = {"patient": args.patient, **({"encounter": args.encounter} if args.encounter else {})}
+        print(await StateStore(db).put_launch(ctx, args.lifetime))
+        return 0
+
+    return _with_db(work)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fhir-server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -98,6 +209,44 @@ def main(argv: list[str] | None = None) -> int:
     caps = sub.add_parser("capabilities", help="write the CapabilityStatement served on a MongoDB replica set")
     caps.add_argument("--out")
     caps.set_defaults(func=_capabilities)
+
+    users = sub.add_parser("users", help="the built-in user directory").add_subparsers(dest="action", required=True)
+    add = users.add_parser("add", help="add a patient, professional or administrator account")
+    add.add_argument("username")
+    add.add_argument("--role", required=True, choices=["patient", "practitioner", "admin"])
+    add.add_argument("--fhir-user", help="Patient/<id> for a patient, Practitioner/<id> for a professional")
+    add.add_argument("--rpps", help="a professional's 11-digit RPPS number")
+    add.add_argument("--name")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    users.add_parser("list", help="list accounts (never passwords)")
+    for action in ("disable", "enable"):
+        users.add_parser(action).add_argument("username")
+    for p in users.choices.values():
+        p.set_defaults(func=_users)
+
+    clients = sub.add_parser("clients", help="registered SMART apps and backend services").add_subparsers(
+        dest="action", required=True)
+    cadd = clients.add_parser("add", help="register an app (public/confidential) or a backend service")
+    cadd.add_argument("client_id")
+    cadd.add_argument("--kind", required=True,
+                      choices=["public", "confidential-symmetric", "confidential-asymmetric"])
+    cadd.add_argument("--name")
+    cadd.add_argument("--redirect-uri", action="append", help="exact redirect URI (repeatable)")
+    cadd.add_argument("--scope", help="space-separated scopes the client may be granted, e.g. "
+                                      "'openid fhirUser launch/patient offline_access patient/*.rs'")
+    cadd.add_argument("--secret", help="confidential-symmetric: the secret (generated and shown once if omitted)")
+    cadd.add_argument("--jwks", help="confidential-asymmetric: a file holding the client's public JWKS")
+    cadd.add_argument("--jwks-uri", help="confidential-asymmetric: the URL of the client's JWKS")
+    clients.add_parser("list")
+    clients.add_parser("remove").add_argument("client_id")
+    for p in clients.choices.values():
+        p.set_defaults(func=_clients)
+
+    launch = sub.add_parser("launch", help="create an EHR launch context and print its launch id")
+    launch.add_argument("--patient", required=True)
+    launch.add_argument("--encounter")
+    launch.add_argument("--lifetime", type=int, default=3600, help="seconds")
+    launch.set_defaults(func=_launch)
     args = parser.parse_args(argv)
     return args.func(args)
 

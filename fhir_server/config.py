@@ -32,6 +32,22 @@ class Settings(BaseSettings):
     max_page_size: int = Field(1000, ge=1)
     log_level: str = Field("INFO")
 
+    # authorization (SMART App Launch; README "Authorization")
+    insecure_dev_mode: bool = Field(
+        False, description="Serve requests without a token with full access. Development only; never by default."
+    )
+    access_token_seconds: int = Field(3600, ge=60, description="Lifetime of access tokens issued to apps")
+    backend_token_seconds: int = Field(300, ge=30, le=300, description="Lifetime of backend-services tokens")
+    authorization_code_seconds: int = Field(60, ge=10, le=600, description="Lifetime of authorization codes")
+    authorization_request_seconds: int = Field(600, description="Time to sign in and approve an app")
+    offline_refresh_seconds: int = Field(90 * 86400, description="Lifetime of offline_access refresh tokens")
+    online_refresh_seconds: int = Field(12 * 3600, description="Lifetime of online_access refresh tokens")
+    signing_key_rotation_days: int = Field(30, ge=1, description="Age at which the token signing key is replaced")
+    revocation_cache_seconds: float = Field(1.0, ge=0, description="How long a worker trusts its revocation list")
+    login_max_failures: int = Field(5, ge=1, description="Failed sign-ins per user name before throttling "
+                                                         "(four times as many per client address)")
+    login_throttle_window_seconds: int = Field(900, description="Throttling window for failed sign-ins")
+
     def redacted(self) -> dict:
         out = self.model_dump(mode="json")
         if self.mongodb_uri is not None:

@@ -82,7 +82,10 @@ def start_server(mongodb_uri: str, extra_env: dict[str, str] | None = None, stde
     database = "t_" + uuid.uuid4().hex[:12]
     env = {**os.environ, "FHIR_MONGODB_URI": mongodb_uri, "FHIR_DATABASE": database,
            "FHIR_BINARY_INLINE_MAX_BYTES": str(TEST_INLINE_MAX), "FHIR_MAX_BODY_BYTES": str(TEST_MAX_BODY),
-           "FHIR_LOG_LEVEL": "WARNING", **(extra_env or {})}
+           "FHIR_LOG_LEVEL": "WARNING",
+           # These servers test FHIR semantics, not authorization: requests without a token get full
+           # access. Servers that test authorization pass {"FHIR_INSECURE_DEV_MODE": "false"} (tests/auth_helpers.py).
+           "FHIR_INSECURE_DEV_MODE": "true", **(extra_env or {})}
     env.pop("FHIR_PUBLIC_BASE_URL", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "fhir_server.cli", "serve", "--fd", str(sock.fileno())],
@@ -138,3 +141,15 @@ def fhir_txn(txn_server) -> httpx.Client:
 def any_fhir(request) -> httpx.Client:
     """The same test against both engines."""
     return request.getfixturevalue("fhir" if request.param == "ferretdb" else "fhir_txn")
+
+
+@pytest.fixture(scope="session")
+def auth_world(ferretdb_uri):
+    """A server that enforces SMART authorization (no insecure mode), with users, clients and data."""
+    from tests.auth_world import build_world
+
+    s = start_server(ferretdb_uri, {"FHIR_INSECURE_DEV_MODE": "false"})
+    try:
+        yield build_world(s)
+    finally:
+        stop_server(s)

@@ -32,7 +32,7 @@ def test_serve_supervises_embedded_ferretdb(tmp_path):
     port = sock.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_")}
     env.update({"FHIR_DATA_DIR": str(tmp_path / "var"), "FHIR_FERRETDB_BIN": str(FERRETDB_BIN),
-                "FHIR_LOG_LEVEL": "WARNING"})
+                "FHIR_LOG_LEVEL": "WARNING", "FHIR_INSECURE_DEV_MODE": "true"})
     proc = subprocess.Popen([sys.executable, "-m", "fhir_server.cli", "serve", "--fd", str(sock.fileno())],
                             pass_fds=(sock.fileno(),), env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     sock.close()
@@ -48,7 +48,7 @@ def test_serve_supervises_embedded_ferretdb(tmp_path):
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr
-    assert "no authentication" in stderr  # the loud warning
+    assert "INSECURE DEV MODE" in stderr  # the loud warning
     assert _processes_mentioning(str(tmp_path / "var")) == []  # FerretDB stopped with the server
 
 

@@ -16,7 +16,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from fhir_server.access.decision import ANONYMOUS, AccessDecisionPoint
+from fhir_server.access.decision import AccessDecisionPoint, Principal
+from fhir_server.auth.bearer import authenticate
+from fhir_server.auth.server import AUTH_ROUTES, AuthServer, fhir_base
 from fhir_server.config import Settings
 from fhir_server.engine.capabilities import detect
 from fhir_server.fhir.outcome import FhirError
@@ -32,6 +34,7 @@ from fhir_server.storage.binaries import BinaryStore
 from fhir_server.storage.repository import Repository
 
 log = logging.getLogger("fhir_server")
+_PUBLIC = Principal()  # anonymous: permitted only the public CapabilityStatement
 FHIR_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
@@ -57,8 +60,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         engine = await detect(client, settings.database)
         repo = Repository(client, db, SUPPORTED_TYPES, BinaryStore(db), **_indexer())
         await repo.ensure_indexes()
-        app.state.services = Services(settings, repo, engine, AccessDecisionPoint())
-        log.warning("serving WITHOUT authentication: every client has full access (no SMART server yet)")
+        auth = AuthServer(settings, db, repo)
+        await auth.start()
+        app.state.services = Services(settings, repo, engine, AccessDecisionPoint(), auth)
+        if settings.insecure_dev_mode:
+            log.warning("INSECURE DEV MODE: requests without an access token get FULL ACCESS to every record "
+                        "(FHIR_INSECURE_DEV_MODE=true). Never use this outside development.")
         log.info("engine ready", extra={"interaction": f"{engine.name} {engine.version} transactions={engine.transactions}"})
         try:
             yield
@@ -69,6 +76,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        *[Route(path, _auth_endpoint(name), methods=methods) for path, name, methods in AUTH_ROUTES],
         Route("/fhir", fhir_endpoint, methods=FHIR_METHODS),
         Route("/fhir/{path:path}", fhir_endpoint, methods=FHIR_METHODS),
     ]
@@ -77,10 +85,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return app
 
 
+def _auth_endpoint(name: str):
+    async def endpoint(request: Request) -> Response:
+        return await getattr(request.app.state.services.auth, name)(request)
+
+    endpoint.__name__ = name
+    return endpoint
+
+
 def _base_url(request: Request, settings: Settings) -> str:
-    if settings.public_base_url:
-        return settings.public_base_url.rstrip("/")
-    return f"{request.url.scheme}://{request.url.netloc}/fhir"
+    return fhir_base(request, settings)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -101,6 +115,11 @@ async def fhir_endpoint(request: Request) -> Response:
     query = request.url.query
     pretty = False
     try:
+        base = _base_url(request, services.settings)
+        path = request.path_params.get("path", "")
+        # The CapabilityStatement is public (SMART discovery); everything else needs a valid token.
+        principal = _PUBLIC if path == "metadata" else await authenticate(
+            request.headers.get("authorization"), base, services)
         params = request.query_params
         pretty = params.get("_pretty") == "true"
         body = await _read_body(request, services.settings.max_body_bytes) if request.method in (
@@ -115,8 +134,7 @@ async def fhir_endpoint(request: Request) -> Response:
             negotiate(params.get("_format"), request.headers.get("accept"))  # Binary may be read raw
         request.scope["state"]["interaction"] = ix.kind
         request.scope["state"]["resource_type"] = ix.type
-        ctx = RequestContext(services, _base_url(request, services.settings), ANONYMOUS,
-                             request.scope["state"]["request_id"])
+        ctx = RequestContext(services, base, principal, request.scope["state"]["request_id"])
         result = await dispatch(ctx, ix)
     except FhirError as err:
         result = error_result(err)

@@ -16,6 +16,7 @@ class Services:
     repository: Repository
     engine: EngineCapabilities
     access: AccessDecisionPoint
+    auth: object | None = None  # fhir_server.auth.server.AuthServer
 
 
 @dataclass(slots=True)

@@ -36,9 +36,10 @@ HANDLERS = {
 
 async def execute(ctx: RequestContext, ix: Interaction) -> Result:
     """Run one interaction; raises FhirError."""
-    decision = ctx.services.access.decide(ctx.principal, ix.kind, ix.type)
+    decision = ctx.services.access.decide(ctx.principal, ix.kind, ix.type, ix)
     if decision.effect is Effect.DENY:
         raise FhirError(403, "forbidden", decision.reason or "access denied")
+    await ctx.services.access.enforce(ctx, ix, decision)  # permit-with-filter: stored/incoming resource
     if ix.kind == ix_kinds.BUNDLE:
         return await bundle.bundle(ctx, ix, dispatch)
     if ix.kind == ix_kinds.OPERATION:

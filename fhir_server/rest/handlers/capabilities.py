@@ -18,7 +18,31 @@ TYPE_INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-inst
                      "search-type"]
 
 
-def capability_statement(transactions: bool) -> dict:
+PUBLISHED_BASE_URL = "http://127.0.0.1:8080/fhir"  # the base in the published copy (make run's default)
+
+
+def security(base_url: str) -> dict:
+    """SMART App Launch: the OAuth endpoints (https://hl7.org/fhir/smart-app-launch/conformance.html)."""
+    root = base_url[: -len("/fhir")] if base_url.endswith("/fhir") else base_url
+    auth = root + "/auth"
+    return {
+        "cors": False,
+        "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                 "code": "SMART-on-FHIR"}],
+                     "text": "OAuth2 using SMART App Launch 2.2"}],
+        "description": "Every request except this CapabilityStatement needs a SMART access token; discovery at "
+                       ".well-known/smart-configuration.",
+        "extension": [{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": [{"url": "authorize", "valueUri": auth + "/authorize"},
+                          {"url": "token", "valueUri": auth + "/token"},
+                          {"url": "introspect", "valueUri": auth + "/introspect"},
+                          {"url": "revoke", "valueUri": auth + "/revoke"}],
+        }],
+    }
+
+
+def capability_statement(transactions: bool, base_url: str = PUBLISHED_BASE_URL) -> dict:
     resources = []
     for rtype in SUPPORTED_TYPES:
         resources.append({
@@ -53,6 +77,7 @@ def capability_statement(transactions: bool) -> dict:
         "patchFormat": ["application/json-patch+json"],
         "rest": [{
             "mode": "server",
+            "security": security(base_url),
             "documentation": "Transaction Bundles need an engine with multi-document transactions "
                              "(MongoDB replica set); on other engines the transaction interaction is not listed.",
             "resource": resources,
@@ -62,4 +87,4 @@ def capability_statement(transactions: bool) -> dict:
 
 
 async def capabilities(ctx: RequestContext, ix: Interaction) -> Result:
-    return Result(status=200, resource=capability_statement(ctx.services.engine.transactions))
+    return Result(status=200, resource=capability_statement(ctx.services.engine.transactions, ctx.base_url))

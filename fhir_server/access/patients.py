@@ -1,0 +1,64 @@
+"""Which patients a user may open in a standalone launch.
+
+* a patient: their own record only;
+* a professional: the patients whose `Patient.generalPractitioner` names their Practitioner (or a
+  PractitionerRole of theirs is not resolved yet). Patient consents (IHE PCF) will widen or narrow
+  this when the consent policy lands; it is the one place to change;
+* an administrator: every patient.
+
+The scan reads current Patient records page by page and stops at `limit`; fine for the picker of a
+practice, to be replaced by an indexed query when search lands.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+
+
+def _label(resource: dict) -> str:
+    names = resource.get("name") or []
+    text = ""
+    if names and isinstance(names[0], dict):
+        n = names[0]
+        text = n.get("text") or " ".join([*(n.get("given") or []), n.get("family") or ""]).strip()
+    birth = resource.get("birthDate")
+    return f"{text or 'Patient'}" + (f", born {birth}" if birth else "") + f" ({resource.get('id')})"
+
+
+def _refers_to(ref: object, target: str) -> bool:
+    if isinstance(ref, dict):
+        ref = ref.get("reference")
+    return isinstance(ref, str) and (ref == target or ref.endswith("/" + target))
+
+
+async def accessible_patients(repo, user, limit: int = 200) -> list[tuple[str, str]]:
+    if user.role == "patient":
+        pid = user.patient_id
+        v = await repo.read("Patient", pid) if pid else None
+        return [(pid, _label(orjson.loads(v.json)))] if v is not None else []
+    out: list[tuple[str, str]] = []
+    after = None
+    while len(out) < limit:
+        page = await repo.list_current("Patient", 200, after)
+        if not page:
+            break
+        for v in page:
+            resource = orjson.loads(v.json)
+            if user.role == "admin" or any(_refers_to(g, user.fhir_user or "")
+                                           for g in resource.get("generalPractitioner") or ()):
+                out.append((v.id, _label(resource)))
+        after = page[-1].id
+    return out[:limit]
+
+
+async def may_access_patient(repo, user, patient_id: str) -> bool:
+    if user.role == "patient":
+        return user.patient_id == patient_id
+    v = await repo.read("Patient", patient_id)
+    if v is None:
+        return False
+    if user.role == "admin":
+        return True
+    resource = orjson.loads(v.json)
+    return any(_refers_to(g, user.fhir_user or "") for g in resource.get("generalPractitioner") or ())

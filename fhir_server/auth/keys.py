@@ -1,0 +1,77 @@
+"""Signing keys for access tokens and id_tokens: persisted in MongoDB, rotated, published as JWKS.
+
+Keys live in `auth_signing_keys` (`_id` = kid, the private JWK, `created`). The newest key signs;
+the JWKS publishes the newest `PUBLISHED` keys, so tokens signed before a rotation stay valid until
+they expire. A key older than the rotation period is replaced at start-up or on the next
+`ensure_current` call. Several workers may rotate at once: each inserts its own key and all of them
+then sign with the newest one, which is harmless.
+
+Keys are RSA 2048 with RS256, which every OpenID Connect relying party must support
+(OpenID Connect Core §15.1). Not encrypted at rest yet: protect the database.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+from joserfc import jwk
+
+from fhir_server.auth.stores import new_token, utcnow
+
+ALG = "RS256"
+PUBLISHED = 2  # current + previous
+
+
+class KeyStore:
+    def __init__(self, db, rotation_days: int = 30) -> None:
+        self.col = db["auth_signing_keys"]
+        self.rotation = timedelta(days=rotation_days)
+        self._keys: list[tuple[str, jwk.RSAKey]] = []  # newest first
+        self._loaded_at = 0.0
+
+    async def load(self) -> None:
+        docs = [d async for d in self.col.find({}, sort=[("created", -1)], limit=PUBLISHED)]
+        self._keys = [(d["_id"], jwk.RSAKey.import_key(d["jwk"])) for d in docs]
+        self._loaded_at = time.monotonic()
+
+    async def ensure_current(self) -> None:
+        """Load the keys; create the first one, or rotate when the newest is too old."""
+        await self.load()
+        newest = await self.col.find_one({}, sort=[("created", -1)])
+        if newest is None or newest["created"].replace(tzinfo=newest["created"].tzinfo or utcnow().tzinfo) \
+                < utcnow() - self.rotation:
+            await self.rotate()
+
+    async def rotate(self) -> str:
+        kid = new_token(12)
+        key = jwk.RSAKey.generate_key(2048, parameters={"kid": kid, "use": "sig", "alg": ALG}, private=True)
+        await self.col.insert_one({"_id": kid, "jwk": key.as_dict(private=True), "created": utcnow()})
+        await self.load()
+        return kid
+
+    @property
+    def current(self) -> tuple[str, jwk.RSAKey]:
+        return self._keys[0]
+
+    def find(self, kid: str) -> jwk.RSAKey | None:
+        for k, key in self._keys:
+            if k == kid:
+                return key
+        return None
+
+    async def find_or_reload(self, kid: str) -> jwk.RSAKey | None:
+        """A key by kid; an unknown kid reloads (another worker rotated), at most once a second."""
+        key = self.find(kid)
+        if key is None and time.monotonic() - self._loaded_at > 1.0:
+            await self.load()
+            key = self.find(kid)
+        return key
+
+    def jwks(self) -> dict:
+        keys = []
+        for kid, key in self._keys:
+            public = key.as_dict(private=False)
+            public.update({"kid": kid, "use": "sig", "alg": ALG})
+            keys.append(public)
+        return {"keys": keys}

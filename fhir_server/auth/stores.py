@@ -1,0 +1,329 @@
+"""What the authorization server keeps, in MongoDB collections prefixed `auth_`.
+
+* users (`auth_users`) and clients (`auth_clients`) behind small interfaces (`UserDirectory`,
+  `ClientRegistry`), so an external OpenID provider or a client registry can replace them;
+* short-lived state: pending authorization requests, authorization codes, launch contexts,
+  refresh tokens, revocations, client-assertion `jti`s seen, login failures.
+
+Secrets are never stored in clear: passwords and client secrets are argon2id hashes, codes and
+refresh tokens are stored under their SHA-256. Expiry is checked on every read (no reliance on TTL
+indexes, which not every engine we run on honours); `purge_expired` sweeps old rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Protocol
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+ROLES = ("patient", "practitioner", "admin")
+CLIENT_KINDS = ("public", "confidential-symmetric", "confidential-asymmetric")
+
+# argon2id (RFC 9106 second recommended option: 64 MiB, t=3, p=4)
+_hasher = PasswordHasher(time_cost=3, memory_cost=64 * 1024, parallelism=4)
+
+
+def hash_secret(secret: str) -> str:
+    return _hasher.hash(secret)
+
+
+def verify_secret(stored_hash: str | None, secret: str) -> bool:
+    if not stored_hash:
+        _hasher.hash(secret)  # spend the same time whether or not the account exists
+        return False
+    try:
+        return _hasher.verify(stored_hash, secret)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token(nbytes: int = 32) -> str:
+    return secrets.token_urlsafe(nbytes)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+# --- users ---------------------------------------------------------------------------------------
+
+@dataclass
+class User:
+    username: str
+    role: str  # patient | practitioner | admin
+    fhir_user: str | None = None  # "Patient/<id>" for patients, "Practitioner/<id>" for professionals
+    name: str = ""
+    rpps: str | None = None  # 11-digit RPPS number of a professional
+    disabled: bool = False
+
+    @property
+    def patient_id(self) -> str | None:
+        if self.fhir_user and self.fhir_user.startswith("Patient/"):
+            return self.fhir_user.split("/", 1)[1]
+        return None
+
+
+class UserDirectory(Protocol):
+    """Who may log in. The built-in one is MongoDB; an external OpenID provider can replace it."""
+
+    async def authenticate(self, username: str, password: str) -> User | None: ...
+
+    async def get(self, username: str) -> User | None: ...
+
+
+class MongoUserDirectory:
+    def __init__(self, db) -> None:
+        self.col = db["auth_users"]
+
+    @staticmethod
+    def _user(doc: dict) -> User:
+        return User(doc["_id"], doc["role"], doc.get("fhir_user"), doc.get("name", ""), doc.get("rpps"),
+                    bool(doc.get("disabled")))
+
+    async def add(self, user: User, password: str) -> None:
+        if user.role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}")
+        if user.role == "patient" and not (user.fhir_user or "").startswith("Patient/"):
+            raise ValueError("a patient account is linked to a Patient resource (--fhir-user Patient/<id>)")
+        if user.role == "practitioner":
+            if not (user.fhir_user or "").startswith("Practitioner/"):
+                raise ValueError("a professional account is linked to a Practitioner (--fhir-user Practitioner/<id>)")
+            if not (user.rpps and user.rpps.isdigit() and len(user.rpps) == 11):
+                raise ValueError("a professional account needs an 11-digit RPPS number (--rpps)")
+        if len(password) < 8:
+            raise ValueError("passwords have at least 8 characters")
+        doc = {"_id": user.username, **{k: v for k, v in asdict(user).items() if k != "username"},
+               "password": hash_secret(password), "created": utcnow()}
+        try:
+            await self.col.insert_one(doc)
+        except DuplicateKeyError:
+            raise ValueError(f"user '{user.username}' already exists") from None
+
+    async def get(self, username: str) -> User | None:
+        doc = await self.col.find_one({"_id": username})
+        return self._user(doc) if doc else None
+
+    async def authenticate(self, username: str, password: str) -> User | None:
+        doc = await self.col.find_one({"_id": username})
+        ok = verify_secret(doc.get("password") if doc else None, password)
+        if not ok or doc.get("disabled"):
+            return None
+        return self._user(doc)
+
+    async def list(self) -> list[User]:
+        return [self._user(d) async for d in self.col.find({}, sort=[("_id", 1)])]
+
+    async def set_disabled(self, username: str, disabled: bool = True) -> bool:
+        r = await self.col.update_one({"_id": username}, {"$set": {"disabled": disabled}})
+        return r.matched_count == 1
+
+
+# --- clients -------------------------------------------------------------------------------------
+
+@dataclass
+class Client:
+    client_id: str
+    kind: str  # public | confidential-symmetric | confidential-asymmetric
+    name: str = ""
+    redirect_uris: list[str] = field(default_factory=list)
+    scopes: list[str] = field(default_factory=list)  # the most this client may be granted
+    secret_hash: str | None = None
+    jwks: dict | None = None
+    jwks_uri: str | None = None
+
+    @property
+    def confidential(self) -> bool:
+        return self.kind != "public"
+
+
+class ClientRegistry(Protocol):
+    async def get(self, client_id: str) -> Client | None: ...
+
+
+class MongoClientRegistry:
+    def __init__(self, db) -> None:
+        self.col = db["auth_clients"]
+
+    @staticmethod
+    def _client(doc: dict) -> Client:
+        return Client(doc["_id"], doc["kind"], doc.get("name", ""), list(doc.get("redirect_uris") or []),
+                      list(doc.get("scopes") or []), doc.get("secret_hash"), doc.get("jwks"), doc.get("jwks_uri"))
+
+    async def add(self, client: Client, secret: str | None = None) -> None:
+        if client.kind not in CLIENT_KINDS:
+            raise ValueError(f"client kind must be one of {', '.join(CLIENT_KINDS)}")
+        if client.kind == "confidential-symmetric" and not secret:
+            raise ValueError("a confidential-symmetric client needs a secret")
+        if client.kind == "confidential-asymmetric" and not (client.jwks or client.jwks_uri):
+            raise ValueError("a confidential-asymmetric client needs a JWKS or a JWKS URL")
+        if client.kind != "confidential-asymmetric" and not client.redirect_uris:
+            raise ValueError("an app needs at least one redirect URI")
+        for uri in client.redirect_uris:
+            if "#" in uri or not uri.startswith(("https://", "http://")):
+                raise ValueError(f"redirect URI '{uri}' must be an absolute http(s) URL without a fragment")
+        doc = {"_id": client.client_id, **{k: v for k, v in asdict(client).items() if k != "client_id"},
+               "created": utcnow()}
+        if secret:
+            doc["secret_hash"] = hash_secret(secret)
+        try:
+            await self.col.insert_one(doc)
+        except DuplicateKeyError:
+            raise ValueError(f"client '{client.client_id}' already exists") from None
+
+    async def get(self, client_id: str) -> Client | None:
+        doc = await self.col.find_one({"_id": client_id})
+        return self._client(doc) if doc else None
+
+    async def list(self) -> list[Client]:
+        return [self._client(d) async for d in self.col.find({}, sort=[("_id", 1)])]
+
+    async def remove(self, client_id: str) -> bool:
+        return (await self.col.delete_one({"_id": client_id})).deleted_count == 1
+
+
+# --- short-lived state ---------------------------------------------------------------------------
+
+class StateStore:
+    """Pending authorizations, codes, launch contexts, refresh tokens, revocations, jtis, throttling."""
+
+    def __init__(self, db) -> None:
+        self.requests = db["auth_requests"]
+        self.codes = db["auth_codes"]
+        self.launches = db["auth_launches"]
+        self.refresh = db["auth_refresh_tokens"]
+        self.revoked = db["auth_revocations"]
+        self.jtis = db["auth_assertion_jtis"]
+        self.failures = db["auth_login_failures"]
+
+    # pending authorization requests (between /authorize and the redirect)
+    async def put_request(self, params: dict, lifetime: int) -> str:
+        rid = new_token()
+        await self.requests.insert_one({"_id": digest(rid), "params": params, "exp": utcnow() + timedelta(
+            seconds=lifetime)})
+        return rid
+
+    async def get_request(self, rid: str) -> dict | None:
+        doc = await self.requests.find_one({"_id": digest(rid or "")})
+        if doc is None or _aware(doc["exp"]) < utcnow():
+            return None
+        return doc
+
+    async def update_request(self, rid: str, fields: dict) -> None:
+        await self.requests.update_one({"_id": digest(rid)}, {"$set": fields})
+
+    async def drop_request(self, rid: str) -> None:
+        await self.requests.delete_one({"_id": digest(rid)})
+
+    # authorization codes: single use
+    async def put_code(self, grant: dict, lifetime: int) -> str:
+        code = new_token()
+        await self.codes.insert_one({"_id": digest(code), **grant, "used": False,
+                                     "exp": utcnow() + timedelta(seconds=lifetime)})
+        return code
+
+    async def take_code(self, code: str) -> tuple[dict | None, bool]:
+        """(grant, reused): marks the code used atomically; a second use returns reused=True."""
+        doc = await self.codes.find_one_and_update({"_id": digest(code or ""), "used": False},
+                                                   {"$set": {"used": True}}, return_document=ReturnDocument.BEFORE)
+        if doc is None:
+            old = await self.codes.find_one({"_id": digest(code or "")})
+            return (old, True) if old is not None else (None, False)
+        if _aware(doc["exp"]) < utcnow():
+            return None, False
+        return doc, False
+
+    # EHR launch contexts
+    async def put_launch(self, context: dict, lifetime: int = 3600) -> str:
+        launch = new_token(16)
+        await self.launches.insert_one({"_id": launch, **context, "exp": utcnow() + timedelta(seconds=lifetime)})
+        return launch
+
+    async def get_launch(self, launch: str) -> dict | None:
+        doc = await self.launches.find_one({"_id": launch or ""})
+        if doc is None or _aware(doc["exp"]) < utcnow():
+            return None
+        return doc
+
+    # refresh tokens: rotated on every use; reuse of a rotated one revokes the whole grant
+    async def put_refresh(self, grant: dict, lifetime: int) -> str:
+        token = new_token()
+        await self.refresh.insert_one({"_id": digest(token), **grant, "used": False,
+                                       "exp": utcnow() + timedelta(seconds=lifetime)})
+        return token
+
+    async def take_refresh(self, token: str) -> tuple[dict | None, bool]:
+        doc = await self.refresh.find_one_and_update({"_id": digest(token or ""), "used": False},
+                                                     {"$set": {"used": True}}, return_document=ReturnDocument.BEFORE)
+        if doc is None:
+            old = await self.refresh.find_one({"_id": digest(token or "")})
+            return (old, True) if old is not None else (None, False)
+        if _aware(doc["exp"]) < utcnow():
+            return None, False
+        return doc, False
+
+    async def find_refresh(self, token: str) -> dict | None:
+        doc = await self.refresh.find_one({"_id": digest(token or "")})
+        if doc is None or doc.get("used") or _aware(doc["exp"]) < utcnow():
+            return None
+        return doc
+
+    # revocation: of one access token (jti) or of a whole grant (every token issued from one approval)
+    async def revoke(self, key: str, exp: datetime) -> None:
+        await self.revoked.update_one({"_id": key}, {"$set": {"exp": exp}}, upsert=True)
+
+    async def revoke_grant(self, grant_id: str, until: datetime) -> None:
+        await self.revoke("grant:" + grant_id, until)
+        await self.refresh.update_many({"grant": grant_id}, {"$set": {"used": True}})
+
+    async def revoked_keys(self) -> set[str]:
+        now = utcnow()
+        return {d["_id"] async for d in self.revoked.find({"exp": {"$gt": now}}, projection={"_id": 1})}
+
+    # client assertion replay protection
+    async def first_use_of_jti(self, key: str, exp: datetime) -> bool:
+        try:
+            await self.jtis.insert_one({"_id": key, "exp": exp})
+            return True
+        except DuplicateKeyError:
+            return False
+
+    # login throttling
+    async def failures_for(self, keys: list[str], window: int) -> int:
+        since = utcnow() - timedelta(seconds=window)
+        worst = 0
+        async for d in self.failures.find({"_id": {"$in": keys}}):
+            if _aware(d["first"]) >= since:
+                worst = max(worst, int(d.get("count", 0)))
+        return worst
+
+    async def record_failure(self, keys: list[str], window: int) -> None:
+        now = utcnow()
+        for key in keys:
+            doc = await self.failures.find_one({"_id": key})
+            if doc is None or _aware(doc["first"]) < now - timedelta(seconds=window):
+                await self.failures.replace_one({"_id": key}, {"_id": key, "first": now, "count": 1}, upsert=True)
+            else:
+                await self.failures.update_one({"_id": key}, {"$inc": {"count": 1}})
+
+    async def clear_failures(self, keys: list[str]) -> None:
+        await self.failures.delete_many({"_id": {"$in": keys}})
+
+    async def purge_expired(self) -> None:
+        now = utcnow()
+        for col in (self.requests, self.codes, self.launches, self.refresh, self.revoked, self.jtis):
+            await col.delete_many({"exp": {"$lt": now}})
