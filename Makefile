@@ -8,9 +8,9 @@ FERRETDB := $(TOOLS)/bin/ferretdb
 MONGOECO := $(TOOLS)/mongoeco-venv
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench capability clean
+.PHONY: setup run test bench capability clean browser
 
-setup: $(VENV)/.installed $(FERRETDB) $(MONGOECO)/.installed
+setup: $(VENV)/.installed $(FERRETDB) $(MONGOECO)/.installed browser
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
@@ -25,6 +25,9 @@ $(FERRETDB): scripts/build-ferretdb.sh
 $(MONGOECO)/.installed: scripts/setup-mongoeco.sh
 	scripts/setup-mongoeco.sh $(MONGOECO)
 	touch $@
+
+browser:
+	@scripts/setup-chromium.sh
 
 run: $(VENV)/.installed $(FERRETDB)
 	$(BIN)/fhir-server serve
