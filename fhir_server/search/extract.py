@@ -28,7 +28,7 @@ from typing import Any
 from . import normalize as nz
 from .registry import (
     COMPOSITE, DATE, NUMBER, QUANTITY, REFERENCE, REFERENCE_IDENTIFIER, STORAGE_FIELDS, STRING,
-    STRING_EXACT, TOKEN, TOKEN_OF_TYPE, TOKEN_TEXT, URI, PathSpec, SearchParam, params_for,
+    STRING_EXACT, TOKEN, TOKEN_OF_TYPE, TOKEN_TEXT, URI, Component, PathSpec, SearchParam, params_for,
 )
 
 Typed = tuple[Any, str]  # (JSON value, FHIR type name)
@@ -167,7 +167,7 @@ def _token(values: list[Typed], param: SearchParam, code_system: str | None = No
     tokens: list[str] = []
     texts: list[str] = []
     of_type: list[str] = []
-    bare_codes = param.only_codes
+    bare = param.bare_tokens
     for v, t in values:
         if t == "CodeableConcept" and isinstance(v, dict):
             for c in v.get("coding") or ():
@@ -183,20 +183,17 @@ def _token(values: list[Typed], param: SearchParam, code_system: str | None = No
                 ty = v.get("type") or {}
                 for c in ty.get("coding") or ():
                     if value and c.get("code"):
-                        of_type.append(f"{c.get('system', '')}|{c['code']}|{value}")
+                        of_type.append(f"{nz.esc(c.get('system', ''))}|{nz.esc(c['code'])}|{nz.esc(value)}")
                     if c.get("display"):
                         texts.append(c["display"])
                 if ty.get("text"):
                     texts.append(ty["text"])
-        elif t == "boolean" or isinstance(v, bool):
-            tokens.append("true" if v else "false")
-        elif t == "code" and isinstance(v, str):
-            if bare_codes:
-                tokens.append(v)
-            else:
-                tokens.extend(nz.token_entries(code_system, v))
-        elif isinstance(v, str):
-            tokens.append(v)
+        elif isinstance(v, (bool, str)):
+            text = ("true" if v else "false") if isinstance(v, bool) else v
+            if bare:
+                tokens.append(text)
+            else:  # a primitive among coded values: give it the `|code` forms too
+                tokens.extend(nz.token_entries(code_system if t == "code" else None, text))
     out: dict = {}
     if tokens:
         out[param.f(TOKEN)] = _dedupe(tokens)
@@ -262,16 +259,17 @@ def _quantity(values: list[Typed]) -> list[dict]:
     return out
 
 
-def _component_entries(node: Any, comp, ) -> list[str]:
+def _component_entries(node: Any, comp: Component) -> list[str]:
     values: list[Typed] = []
     for spec in comp.paths or ():
         values.extend(walk(node, spec))
     entries: list[str] = []
     for v, t in values:
+        # every part is escaped (normalize.esc) so that "$" only ever separates components
         if comp.type == "reference" and isinstance(v, dict):
             key = nz.reference_key(v.get("reference") or "")
             if key:
-                entries.append(key)
+                entries.append(nz.esc(key))
         elif comp.type == "token":
             if isinstance(v, dict):
                 codings = v.get("coding") if t == "CodeableConcept" else [v]
@@ -280,11 +278,11 @@ def _component_entries(node: Any, comp, ) -> list[str]:
             elif isinstance(v, bool):
                 entries.append("true" if v else "false")
             elif isinstance(v, str):
-                entries.append(v)  # a bare code: its system is implied (see mongo.compile)
+                entries.append(nz.esc(v))  # a bare code: its system is implied (see mongo.compile)
         elif comp.type == "string" and isinstance(v, str):
-            entries.append(nz.fold(v))
+            entries.append(nz.esc(nz.fold(v)))
         elif comp.type == "uri" and isinstance(v, str):
-            entries.append(v)
+            entries.append(nz.esc(v))
     return _dedupe(entries)
 
 
@@ -324,7 +322,7 @@ def _param_fields(resource: dict, param: SearchParam) -> dict:
         exact = _dedupe([nz.exact(s) for s in raw])
         return {param.f(STRING): _shape(param, folded), param.f(STRING_EXACT): _shape(param, exact)}
     if ptype == "token":
-        if param.only_codes or not param.paths or not any(s.code_system for s in param.paths):
+        if param.bare_tokens or not param.paths or not any(s.code_system for s in param.paths):
             found = _token(values, param)
         else:  # codes whose system is implied differ per path: keep each path's system
             found = {}

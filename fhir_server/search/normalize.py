@@ -67,12 +67,21 @@ def token_entries(system: str | None, code: str | None) -> list[str]:
     query a plain equality on one field, which MongoDB indexes and FerretDB can push down to SQL.
     """
     out: list[str] = []
+    system = esc(system) if system else system
     if code:
+        code = esc(code)
         out.append(code)
         out.append(f"{system}|{code}" if system else f"|{code}")
     if system:
         out.append(f"{system}|")
     return out
+
+
+def esc(text: str) -> str:
+    """Escape the separators of token entries (`|`, and `$` for composites) so they stay unambiguous."""
+    if "\\" in text or "|" in text or "$" in text:
+        return text.replace("\\", "\\\\").replace("|", "\\|").replace("$", "\\$")
+    return text
 
 
 # --- references ----------------------------------------------------------------------------------

@@ -44,6 +44,11 @@ PRIMARY_KIND = {
 STORAGE_FIELDS = {"_id": "_id", "_lastUpdated": "_lu"}
 
 
+PRIMITIVE_TOKEN_TYPES = frozenset(
+    {"code", "boolean", "string", "id", "uri", "url", "canonical", "oid", "uuid", "markdown"}
+)
+
+
 def field_name(kind: str, code: str) -> str:
     return f"{kind}_{code}"
 
@@ -108,9 +113,13 @@ class SearchParam:
         return field_name(kind, self.code)
 
     @property
-    def only_codes(self) -> bool:
-        """All values are bare `code`s: index them without system, the system being implied."""
-        return bool(self.paths) and all(p.types == ("code",) for p in self.paths)
+    def bare_tokens(self) -> bool:
+        """All values are primitives (code, boolean, string...): index them as is, without `|` forms.
+
+        A primitive has no system of its own, only possibly an implied one (a required-bound code), so
+        the compiler maps `system|code` and `|code` onto the bare value instead of storing variants.
+        """
+        return bool(self.paths) and all(set(p.types) <= PRIMITIVE_TOKEN_TYPES for p in self.paths)
 
     @classmethod
     def from_json(cls, base: str, d: dict) -> SearchParam:
