@@ -36,6 +36,7 @@ class Interaction:
     headers: dict[str, str] = field(default_factory=dict)  # lower-case names
     body: bytes | None = None
     resource: dict | None = None  # already-parsed body (Bundle entries)
+    compartment: str | None = None  # Patient id of a compartment search (Patient/123/DocumentReference)
 
     def param(self, name: str) -> str | None:
         for k, v in self.params:
@@ -45,6 +46,10 @@ class Interaction:
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
+
+    def path_for_links(self) -> str:
+        """The search path, relative to the base, as paging links must repeat it."""
+        return f"Patient/{self.compartment}/{self.type}" if self.compartment else (self.type or "")
 
 
 def _allowed(methods: dict[str, str], method: str, path: str) -> str:
@@ -107,11 +112,13 @@ def parse(method: str, path: str, query: str | list[tuple[str, str]], headers: d
                 ix.vid = segs[3]
                 _check_id(ix.vid, "version id")
                 ix.kind = _allowed({"GET": VREAD}, method, f"{ix.type}/{ix.id}/_history/{ix.vid}")
+            elif n == 3 and ix.type == "Patient" and segs[2] in SUPPORTED:
+                # compartment search: https://hl7.org/fhir/R4/compartmentdefinition.html#search
+                ix.kind = _allowed({"GET": SEARCH_TYPE}, method, f"Patient/{ix.id}/{segs[2]}")
+                ix.compartment, ix.id, ix.type = ix.id, None, segs[2]
             elif n == 3 and segs[2].startswith("$"):
                 ix.kind, ix.operation = OPERATION, segs[2][1:]
                 _allowed({"GET": OPERATION, "POST": OPERATION}, method, f"{ix.type}/{ix.id}/{segs[2]}")
             else:
                 raise FhirError(404, "not-found", "no FHIR interaction matches this URL")
-    if method == "HEAD":
-        raise FhirError(405, "not-supported", "HEAD is not supported")
     return ix

@@ -24,6 +24,11 @@ def sort_key(doc: dict, field: str, direction: int) -> Any:
     return min(values) if direction > 0 else max(values)
 
 
+def values(doc: dict, field: str) -> list[Any]:
+    """Every value at a (dotted) path, arrays flattened."""
+    return list(_values(doc, field.split(".")))
+
+
 def _values(node: Any, path: list[str]):
     if isinstance(node, list):
         for item in node:

@@ -23,6 +23,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from fhir_server.fhir.outcome import FhirError
+from fhir_server.storage import keyset
 from fhir_server.storage.binaries import BinaryStore
 from fhir_server.storage.documents import (
     F_BINARY,
@@ -115,14 +116,6 @@ class Repository:
         doc = await self._history[rtype].find_one({F_ID: history_id(rid, version)})
         return Version.from_history(rtype, doc) if doc is not None else None
 
-    async def list_current(self, rtype: str, count: int, after_id: str | None = None) -> list[Version]:
-        query = {F_ID: {"$gt": after_id}} if after_id is not None else {}
-        cursor = self._current[rtype].find(query, sort=[(F_ID, ASCENDING)], limit=count)
-        return [Version.from_current(rtype, d) async for d in cursor]
-
-    async def count_current(self, rtype: str) -> int:
-        return await self._current[rtype].count_documents({})
-
     async def history(
         self,
         rtype: str,
@@ -144,6 +137,32 @@ class Repository:
         sort = [(F_UPDATED, DESCENDING), (F_ID, DESCENDING)]
         cursor = self._history[rtype].find(query, sort=sort, limit=count)
         return [Version.from_history(rtype, d) async for d in cursor]
+
+    async def find_page(
+        self, rtype: str, flt: dict, sort: list[tuple[str, int]], limit: int, after: list | None = None
+    ) -> list[tuple[Version, list]]:
+        """One page of a search: (version, keyset position) pairs in `sort` order (storage/keyset.py)."""
+        if after is not None:
+            flt = {"$and": [flt, keyset.after(sort, after)]} if flt else keyset.after(sort, after)
+        cursor = self._current[rtype].find(flt, sort=sort, limit=limit)
+        return [(Version.from_current(rtype, d), keyset.position(d, sort)) async for d in cursor]
+
+    async def find_docs(self, rtype: str, flt: dict, limit: int) -> list[tuple[Version, dict]]:
+        """Matching current versions with their index fields (for _include/_revinclude)."""
+        cursor = self._current[rtype].find(flt, sort=[(F_ID, ASCENDING)], limit=limit)
+        return [(Version.from_current(rtype, d), d) async for d in cursor]
+
+    async def find_values(self, rtype: str, flt: dict, field: str, limit: int) -> list:
+        """Distinct values of `field` (arrays flattened) over matching current versions (chains, _has)."""
+        out: dict = {}
+        cursor = self._current[rtype].find(flt, projection={field: 1}, limit=limit)
+        async for doc in cursor:
+            for value in keyset.values(doc, field):
+                out[value] = None
+        return list(out)
+
+    async def count(self, rtype: str, flt: dict) -> int:
+        return await self._current[rtype].count_documents(flt)
 
     # ---- writes ------------------------------------------------------------------------------
 
