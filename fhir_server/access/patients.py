@@ -6,14 +6,15 @@
   this when the consent policy lands; it is the one place to change;
 * an administrator: every patient.
 
-The scan reads current Patient records page by page and stops at `limit`; fine for the picker of a
-practice, to be replaced by an indexed query when search lands.
+The professional's list is one indexed query on the `general-practitioner` search parameter's
+reference field, capped at `limit`.
 """
 
 from __future__ import annotations
 
 import orjson
 
+from fhir_server.search.registry import REFERENCE, field_name
 
 
 def _label(resource: dict) -> str:
@@ -37,19 +38,9 @@ async def accessible_patients(repo, user, limit: int = 200) -> list[tuple[str, s
         pid = user.patient_id
         v = await repo.read("Patient", pid) if pid else None
         return [(pid, _label(orjson.loads(v.json)))] if v is not None else []
-    out: list[tuple[str, str]] = []
-    after = None
-    while len(out) < limit:
-        page = await repo.list_current("Patient", 200, after)
-        if not page:
-            break
-        for v in page:
-            resource = orjson.loads(v.json)
-            if user.role == "admin" or any(_refers_to(g, user.fhir_user or "")
-                                           for g in resource.get("generalPractitioner") or ()):
-                out.append((v.id, _label(resource)))
-        after = page[-1].id
-    return out[:limit]
+    flt = {} if user.role == "admin" else {field_name(REFERENCE, "general-practitioner"): user.fhir_user or ""}
+    page = await repo.find_page("Patient", flt, [("_id", 1)], limit)
+    return [(v.id, _label(orjson.loads(v.json))) for v, _ in page]
 
 
 async def may_access_patient(repo, user, patient_id: str) -> bool:
