@@ -19,6 +19,14 @@ DENIED = None
 NO_DB_FILTER: dict = {}
 
 
+class Inexact(dict):
+    """An empty filter standing for rules the database cannot express (Binary.securityContext):
+    every resource is fetched and `may_see` decides, so counts over it would be wrong."""
+
+
+INEXACT = Inexact()
+
+
 def patient_compartment_filter(rtype: str, patient_id: str) -> dict | None:
     """Resources of `rtype` in Patient/<id>'s compartment (R4 CompartmentDefinition/patient).
 
@@ -51,7 +59,7 @@ def access_filter(ctx, interaction: str, rtype: str) -> dict | None:
         if rule.patient:
             cf = patient_compartment_filter(rtype, rule.patient)
             if cf is None:
-                return NO_DB_FILTER  # cannot narrow in the database: may_see filters each resource
+                return INEXACT  # cannot narrow in the database: may_see filters each resource
             parts.append(cf)
         if rule.query:
             parts.append(mongo.compile(parse(rtype, list(rule.query))))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from orjson import Fragment
 
-from fhir_server.access.query import DENIED, access_filter, patient_compartment_filter, restrict
+from fhir_server.access.query import DENIED, Inexact, access_filter, patient_compartment_filter, restrict
 from fhir_server.fhir.outcome import FhirError, Issue, operation_outcome
 from fhir_server.rest.context import RequestContext
 from fhir_server.rest.handlers.common import materialize, prefer, set_version_body
@@ -65,6 +65,8 @@ async def matching_filter(ctx: RequestContext, ix: Interaction, query: SearchQue
     access = access_filter(ctx, SEARCH_TYPE, ix.type)
     if access is DENIED:
         raise FhirError(403, "forbidden", f"the token does not allow searching {ix.type}")
+    if isinstance(access, Inexact):
+        query.total = "none"  # a count would include resources that may_see then hides
     return restrict(flt, access)
 
 
