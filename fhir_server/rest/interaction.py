@@ -37,6 +37,7 @@ class Interaction:
     body: bytes | None = None
     resource: dict | None = None  # already-parsed body (Bundle entries)
     compartment: str | None = None  # Patient id of a compartment search (Patient/123/DocumentReference)
+    existing: object | None = None  # a transaction's conditional create that matched this Version
 
     def param(self, name: str) -> str | None:
         for k, v in self.params:
@@ -92,7 +93,9 @@ def parse(method: str, path: str, query: str | list[tuple[str, str]], headers: d
         ix.type = segs[0]
         _check_type(ix.type)
         if n == 1:
-            ix.kind = _allowed({"GET": SEARCH_TYPE, "POST": CREATE}, method, ix.type)
+            # PUT/PATCH/DELETE on a type are the conditional forms, selected by search criteria
+            ix.kind = _allowed({"GET": SEARCH_TYPE, "POST": CREATE, "PUT": UPDATE, "PATCH": PATCH, "DELETE": DELETE},
+                               method, ix.type)
         elif n == 2 and segs[1] == "_search":
             ix.kind = _allowed({"POST": SEARCH_TYPE}, method, f"{ix.type}/_search")
         elif n == 2 and segs[1] == "_history":

@@ -9,7 +9,7 @@ half of it.
 from __future__ import annotations
 
 import uuid
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from fhir_server.fhir.outcome import FhirError
 from fhir_server.fhir.types import URN_UUID_RE
@@ -112,6 +112,7 @@ async def _transaction(ctx: RequestContext, ix: Interaction, entries: list, disp
         if entry_ix.kind == BUNDLE:
             raise FhirError(400, "not-supported", "Bundles cannot be nested", [f"Bundle.entry[{i}]"])
         parsed.append(entry_ix)
+    await _resolve_conditional_creates(ctx, entries, parsed)
     _assign_ids(entries, parsed)
     order = sorted(range(len(parsed)), key=lambda i: _ORDER.get(parsed[i].method, 9))
     results: list[dict | None] = [None] * len(parsed)
@@ -132,12 +133,30 @@ async def _transaction(ctx: RequestContext, ix: Interaction, entries: list, disp
     return Result(status=200, resource={"resourceType": "Bundle", "type": "transaction-response", "entry": results})
 
 
+async def _resolve_conditional_creates(ctx: RequestContext, entries: list, parsed: list[Interaction]) -> None:
+    """A POST with ifNoneExist that matches an existing resource: references to its urn:uuid must
+    point at that resource, so resolve the condition before ids are assigned
+    (https://hl7.org/fhir/R4/http.html#trules)."""
+    from fhir_server.rest.handlers import conditional
+
+    for entry, eix in zip(entries, parsed):
+        if eix.kind == CREATE and eix.header("if-none-exist"):
+            found = await conditional.matches(ctx, eix, parse_qsl(eix.header("if-none-exist").lstrip("?")), 2)
+            if len(found) > 1:
+                raise FhirError(412, "duplicate", "an ifNoneExist condition matches several resources")
+            if found:
+                eix.existing = found[0]
+
+
 def _assign_ids(entries: list, parsed: list[Interaction]) -> None:
     """Give POSTed entries their ids now and rewrite every reference to their urn:uuid fullUrls."""
     mapping: dict[str, str] = {}
     for entry, eix in zip(entries, parsed):
         full_url = entry.get("fullUrl")
         if eix.kind == CREATE and isinstance(full_url, str) and URN_UUID_RE.fullmatch(full_url):
+            if eix.existing is not None:
+                mapping[full_url] = f"{eix.type}/{eix.existing.id}"
+                continue
             new_id = str(uuid.uuid4())
             mapping[full_url] = f"{eix.type}/{new_id}"
             eix.id = new_id

@@ -12,6 +12,7 @@ import orjson
 from fhir_server.fhir.outcome import FhirError, gone, not_found
 from fhir_server.fhir.validation import validate_resource
 from fhir_server.rest.context import RequestContext
+from fhir_server.rest.handlers import conditional
 from fhir_server.rest.formats import JSON_PATCH, media_type
 from fhir_server.rest.handlers.common import if_match_version, write_result
 from fhir_server.rest.interaction import Interaction
@@ -52,6 +53,8 @@ def _from_binary_entry(resource: dict) -> list:
 
 
 async def patch(ctx: RequestContext, ix: Interaction) -> Result:
+    if ix.id is None:
+        return await conditional.patch(ctx, ix)
     ops = _operations(ix)
     try:
         compiled = jsonpatch.JsonPatch(ops)

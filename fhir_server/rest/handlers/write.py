@@ -8,6 +8,7 @@ from __future__ import annotations
 from fhir_server.fhir.outcome import FhirError
 from fhir_server.fhir.validation import validate_resource
 from fhir_server.rest.context import RequestContext
+from fhir_server.rest.handlers import conditional
 from fhir_server.rest.handlers.common import (
     binary_from_raw,
     if_match_version,
@@ -36,9 +37,11 @@ def incoming(ctx: RequestContext, ix: Interaction) -> tuple[dict, bytes | None]:
 
 
 async def create(ctx: RequestContext, ix: Interaction) -> Result:
+    resource, content = incoming(ctx, ix)  # validate first: a rejected request does nothing
     if ix.header("if-none-exist"):
-        raise FhirError(400, "not-supported", "conditional create (If-None-Exist) is not supported yet")
-    resource, content = incoming(ctx, ix)
+        existing = await conditional.create(ctx, ix, ix.header("if-none-exist"))
+        if existing is not None:
+            return existing
     resource.pop("id", None)  # the server assigns ids on create (R4 http.html#create)
     # ix.id is only ever set by a transaction that pre-assigned it for urn:uuid rewriting
     v = await ctx.repo.create(ix.type, resource, content=content, rid=ix.id, session=ctx.session)
@@ -46,6 +49,8 @@ async def create(ctx: RequestContext, ix: Interaction) -> Result:
 
 
 async def update(ctx: RequestContext, ix: Interaction) -> Result:
+    if ix.id is None:
+        return await conditional.update(ctx, ix)
     resource, content = incoming(ctx, ix)
     body_id = resource.get("id")
     if body_id is None and not is_raw_binary(ix):
@@ -60,6 +65,8 @@ async def update(ctx: RequestContext, ix: Interaction) -> Result:
 
 
 async def delete(ctx: RequestContext, ix: Interaction) -> Result:
+    if ix.id is None:
+        return await conditional.delete(ctx, ix)
     v = await ctx.repo.delete(ix.type, ix.id, if_match=if_match_version(ix), session=ctx.session)
     headers = {"ETag": v.etag} if v is not None else {}
     message = f"deleted {ix.type}/{ix.id}" if v is not None else f"{ix.type}/{ix.id} did not exist; nothing deleted"
