@@ -36,3 +36,29 @@ def test_statement_lists_every_stored_type_and_interaction(fhir):
         codes = {i["code"] for i in resource["interaction"]}
         assert {"read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create"} <= codes
     assert "application/fhir+json" in served["format"]
+
+
+SAMPLE = {"string": "a", "token": "a", "reference": "Patient/x", "date": "2020", "number": "1", "quantity": "1",
+          "uri": "http://example.org/x", "composite": "a$b", "special": "a"}
+
+
+def test_every_listed_search_parameter_is_accepted_in_strict_mode(fhir):
+    """The statement lists exactly what search supports: each parameter, with a well-formed value,
+    passes `Prefer: handling=strict` (which rejects unknown parameters)."""
+    served = fhir.get("/metadata").json()
+    checked = 0
+    for resource in served["rest"][0]["resource"]:
+        assert resource["conditionalCreate"] is True and resource["conditionalDelete"] == "multiple"
+        for sp in resource["searchParam"]:
+            assert sp["type"] in SAMPLE and sp.get("documentation"), sp
+            r = fhir.get(f"/{resource['type']}", params={sp["name"]: SAMPLE[sp["type"]], "_summary": "count"},
+                         headers={"Prefer": "handling=strict"})
+            assert r.status_code == 200, (resource["type"], sp["name"], r.text)
+            checked += 1
+        for inc in resource["searchInclude"][1:]:
+            r = fhir.get(f"/{resource['type']}", params={"_include": inc, "_count": "1"},
+                         headers={"Prefer": "handling=strict"})
+            assert r.status_code == 200, (inc, r.text)
+    assert checked > 100
+    unknown = fhir.get("/Patient", params={"shoe-size": "42"}, headers={"Prefer": "handling=strict"})
+    assert unknown.status_code == 400

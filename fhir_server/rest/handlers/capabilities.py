@@ -12,10 +12,37 @@ from fhir_server.fhir.types import SUPPORTED_TYPES
 from fhir_server.rest.context import RequestContext
 from fhir_server.rest.interaction import Interaction
 from fhir_server.rest.result import Result
+from fhir_server.search.registry import params_for
 
 RELEASE_DATE = "2026-11-25"
 TYPE_INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
                      "search-type"]
+
+
+def search_params(rtype: str) -> list[dict]:
+    """Every parameter the search engine supports for `rtype`, from the R4 definitions it runs on."""
+    out = []
+    for code, p in sorted(params_for(rtype).items()):
+        entry = {"name": code, "type": p.type}
+        if p.url:
+            entry["definition"] = p.url
+        if p.description:
+            entry["documentation"] = p.description
+        out.append(entry)
+    return out
+
+
+def search_includes(rtype: str) -> list[str]:
+    return ["*"] + [f"{rtype}:{code}" for code, p in sorted(params_for(rtype).items()) if p.type == "reference"]
+
+
+def search_revincludes(rtype: str) -> list[str]:
+    out = []
+    for source in SUPPORTED_TYPES:
+        for code, p in sorted(params_for(source).items()):
+            if p.type == "reference" and (not p.targets or rtype in p.targets):
+                out.append(f"{source}:{code}")
+    return out
 
 
 PUBLISHED_BASE_URL = "http://127.0.0.1:8080/fhir"  # the base in the published copy (make run's default)
@@ -52,13 +79,13 @@ def capability_statement(transactions: bool, base_url: str = PUBLISHED_BASE_URL)
             "versioning": "versioned-update",
             "readHistory": True,
             "updateCreate": True,
-            "conditionalCreate": False,
+            "conditionalCreate": True,
             "conditionalRead": "full-support",
-            "conditionalUpdate": False,
-            "conditionalDelete": "not-supported",
-            "searchParam": [
-                {"name": "_count", "type": "number", "documentation": "Page size"},
-            ],
+            "conditionalUpdate": True,
+            "conditionalDelete": "multiple",
+            "searchInclude": search_includes(rtype),
+            "searchRevInclude": search_revincludes(rtype),
+            "searchParam": search_params(rtype),
             "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
         })
     system = [{"code": "batch"}, {"code": "history-system"}]
