@@ -195,6 +195,37 @@ def _launch(args: argparse.Namespace) -> int:
     return _with_db(work)
 
 
+def _reindex(args: argparse.Namespace) -> int:
+    """Recompute search index fields and create missing indexes (after search definitions change)."""
+    from pymongo import AsyncMongoClient
+
+    from fhir_server.fhir.types import SUPPORTED_TYPES
+    from fhir_server.rest.app import _indexer
+    from fhir_server.storage.binaries import BinaryStore
+    from fhir_server.storage.repository import Repository
+
+    settings = Settings()
+    if settings.mongodb_uri is None:
+        print("FHIR_MONGODB_URI must point at the database to reindex (stop `serve` first for the embedded "
+              "engine and start it with `serve`'s data dir, or set the URI)", file=sys.stderr)
+        return 2
+    types = tuple(args.type) if args.type else SUPPORTED_TYPES
+
+    async def run() -> None:
+        client = AsyncMongoClient(settings.mongodb_uri.get_secret_value(), tz_aware=True)
+        try:
+            db = client[settings.database]
+            repo = Repository(client, db, SUPPORTED_TYPES, BinaryStore(db), **_indexer())
+            await repo.ensure_indexes()
+            for rtype in types:
+                print(f"{rtype}: {await repo.reindex(rtype)} documents reindexed")
+        finally:
+            await client.close()
+
+    asyncio.run(run())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fhir-server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -247,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     launch.add_argument("--encounter")
     launch.add_argument("--lifetime", type=int, default=3600, help="seconds")
     launch.set_defaults(func=_launch)
+    reindex = sub.add_parser("reindex", help="recompute search index fields (after search definitions change)")
+    reindex.add_argument("--type", action="append", help="only this resource type (repeatable)")
+    reindex.set_defaults(func=_reindex)
     args = parser.parse_args(argv)
     return args.func(args)
 

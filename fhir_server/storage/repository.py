@@ -164,6 +164,23 @@ class Repository:
     async def count(self, rtype: str, flt: dict) -> int:
         return await self._current[rtype].count_documents(flt)
 
+    async def reindex(self, rtype: str, batch: int = 500) -> int:
+        """Recompute the search index fields of every current version (after search definitions
+        change). Each document is replaced only if still at the version read, so a concurrent
+        write simply wins; returns the number of documents rewritten."""
+        done, after = 0, None
+        while True:
+            query = {F_ID: {"$gt": after}} if after is not None else {}
+            docs = [d async for d in self._current[rtype].find(query, sort=[(F_ID, ASCENDING)], limit=batch)]
+            if not docs:
+                return done
+            for d in docs:
+                fresh = {k: d[k] for k in (F_ID, F_VERSION, F_UPDATED, F_JSON, F_BINARY, F_BINARY_SIZE) if k in d}
+                fresh.update(self._index_fields(orjson.loads(d[F_JSON])))
+                result = await self._current[rtype].replace_one({F_ID: d[F_ID], F_VERSION: d[F_VERSION]}, fresh)
+                done += result.modified_count
+            after = docs[-1][F_ID]
+
     # ---- writes ------------------------------------------------------------------------------
 
     async def create(
