@@ -36,6 +36,7 @@ def test_sign_in_approve_and_land_on_the_redirect_with_a_code(auth_world, browse
         authorize_params(w.server, "browser-app", "openid fhirUser launch/patient patient/*.rs", challenge,
                          state="xyz", redirect_uri=APP_CALLBACK))
     page = browser.new_page()
+    page.set_default_timeout(90_000)  # the machine may be loaded; assertions below wait for the page
     landed = []
 
     def callback(route):  # the app's redirect URI: record it and show a page
@@ -48,10 +49,11 @@ def test_sign_in_approve_and_land_on_the_redirect_with_a_code(auth_world, browse
     page.get_by_label("User name").fill("helene")
     page.get_by_label("Password").fill("wrong password")
     page.get_by_role("button", name="Sign in").click()
-    assert "incorrect" in page.get_by_role("alert").inner_text()
+    expect = pytest.importorskip("playwright.sync_api").expect
+    expect(page.get_by_role("alert")).to_contain_text("incorrect", timeout=90_000)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
-    assert page.title() == "Allow access?"
+    expect(page).to_have_title("Allow access?", timeout=90_000)
     assert "Mon Dossier" in page.content()
     page.get_by_role("button", name="Allow").click()
     page.wait_for_url(lambda url: url.startswith(APP_CALLBACK))
