@@ -14,6 +14,20 @@ from pathlib import Path
 from fhir_server.config import Settings
 
 
+def _tcp_nodelay(fd: int) -> None:
+    """uvicorn wraps an inherited fd as a Unix socket and so never sets TCP_NODELAY; without it every
+    response on an inherited TCP socket waits ~40 ms for Nagle/delayed ACK. Accepted sockets inherit
+    the option from the listening socket on Linux."""
+    import socket
+
+    sock = socket.socket(fileno=fd)
+    try:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    finally:
+        sock.detach()
+
+
 def _exit_cleanly(signum, frame) -> None:
     raise SystemExit(0)
 
@@ -42,6 +56,8 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _exit_cleanly)
     signal.signal(signal.SIGINT, _exit_cleanly)
     try:
+        if args.fd is not None:
+            _tcp_nodelay(args.fd)
         where = {"fd": args.fd} if args.fd is not None else {"host": host, "port": port}
         uvicorn.run("fhir_server.rest.app:create_app", factory=True, workers=workers, log_level="warning",
                     access_log=False, lifespan="on", **where)

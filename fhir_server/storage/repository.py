@@ -299,9 +299,17 @@ class Repository:
             doc[F_BINARY] = hist[F_BINARY]
             doc[F_BINARY_SIZE] = hist[F_BINARY_SIZE]
         doc.update(self._index_fields(resource))
+        if hist[H_OP] == OP_CREATE and session is None:
+            # A (re)create normally finds no current document: a plain insert, which every engine
+            # serves by its _id index (FerretDB v1 scans the collection for the guarded replace).
+            try:
+                await current.insert_one(doc)
+                return
+            except DuplicateKeyError:
+                pass  # something is current already: only replace it if it is older
         try:
             await current.replace_one(guard, doc, upsert=True, session=session)
         except DuplicateKeyError:
             if session is not None:
                 raise
-            # a newer version is current already: this one is history only.
+            # the same or a newer version is current already (another writer rolled it forward)
