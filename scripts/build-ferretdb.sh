@@ -2,7 +2,7 @@
 # Build FerretDB v1 from the Go module proxy into $1 (default .tools/bin).
 # `go install …@v1.24.2` yields a binary that panics at start (the module zip lacks the
 # generated build/version/version.txt), so we copy the module source, write that file,
-# and build it as its own main module.
+# and build it as its own main module, with one small source patch (below).
 set -euo pipefail
 VERSION="${FERRETDB_VERSION:-v1.24.2}"
 OUT_DIR="$(mkdir -p "${1:-.tools/bin}" && cd "${1:-.tools/bin}" && pwd)"
@@ -13,9 +13,49 @@ WORK="$(mktemp -d)"
 trap 'chmod -R u+w "$WORK"; rm -rf "$WORK"' EXIT
 cp -r "$SRC/." "$WORK/"
 chmod -R u+w "$WORK"
+
+# Source patch (kept in this file so that the Makefile, which rebuilds the binary when this script
+# changes, also rebuilds it when the patch changes). Applied with --fuzz=0: if the upstream text
+# differs (a version bump), the build stops here instead of silently building an unpatched binary.
+# FERRETDB_NO_PATCHES=1 builds the unpatched upstream source (only to reproduce old measurements).
+#
+# sqlite-id-index: FerretDB's SQLite backend creates the unique _id index on
+# `_ferretdb_sjson->"_id"` (metadata/registry.go, indexesCreate) but compares pushed-down _id
+# filters on `_ferretdb_sjson->'$._id'` (metadata.IDColumn, used by Query, UpdateAll, DeleteAll
+# and Explain in collection.go). Same value ('_id' on the right of -> is shorthand for '$._id'),
+# but SQLite uses an expression index only for the identical expression, so every find, update
+# and delete by _id scanned the whole table (EXPLAIN QUERY PLAN: SCAN). Changing the lookup, not
+# the index, keeps existing SQLite files valid and indexed. See docs/benchmarks.md.
+PATCHES="none"
+if [ "${FERRETDB_NO_PATCHES:-0}" = 1 ]; then
+  echo "warning: FERRETDB_NO_PATCHES=1: building FerretDB ${VERSION} without its source patch" >&2
+else
+  command -v patch >/dev/null || { echo "patch is required to build FerretDB (apt-get install patch)" >&2; exit 1; }
+  patch -d "$WORK" -p1 --forward --batch --fuzz=0 --no-backup-if-mismatch -r - <<'PATCH' || { echo "FerretDB ${VERSION}: patch sqlite-id-index does not apply; update it in $0" >&2; exit 1; }
+--- a/internal/backends/sqlite/metadata/metadata.go
++++ b/internal/backends/sqlite/metadata/metadata.go
+@@ -27,7 +27,10 @@
+ 	DefaultColumn = backends.ReservedPrefix + "sjson"
+ 
+ 	// IDColumn is a SQLite path expression for _id field.
+-	IDColumn = DefaultColumn + "->'$._id'"
++	//
++	// Patched (FHIR server, scripts/build-ferretdb.sh): written exactly as the _id index
++	// expression (registry.go, indexesCreate), or SQLite does not use that index.
++	IDColumn = DefaultColumn + "->'_id'"
+ 
+ 	// RecordIDColumn is a name for RecordID column to store capped collection record id.
+ 	RecordIDColumn = backends.ReservedPrefix + "record_id"
+PATCH
+  grep -qF "IDColumn = DefaultColumn + \"->'_id'\"" "$WORK/internal/backends/sqlite/metadata/metadata.go" \
+    || { echo "FerretDB ${VERSION}: patch sqlite-id-index not in effect" >&2; exit 1; }
+  PATCHES="sqlite-id-index"
+fi
+
 echo "$VERSION" > "$WORK/build/version/version.txt"
-echo "go-module" > "$WORK/build/version/package.txt"
+# `ferretdb --version` prints this as "package:", so a binary says whether it is patched.
+echo "go-module+patches:${PATCHES}" > "$WORK/build/version/package.txt"
 (cd "$WORK" && CGO_ENABLED=0 go build -trimpath -o "$OUT_DIR/ferretdb.tmp" ./cmd/ferretdb)
 mv "$OUT_DIR/ferretdb.tmp" "$OUT_DIR/ferretdb"
 "$OUT_DIR/ferretdb" --version >/dev/null
-echo "built $OUT_DIR/ferretdb ($VERSION)"
+echo "built $OUT_DIR/ferretdb ($VERSION, patches: $PATCHES)"
