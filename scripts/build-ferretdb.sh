@@ -26,6 +26,13 @@ chmod -R u+w "$WORK"
 # but SQLite uses an expression index only for the identical expression, so every find, update
 # and delete by _id scanned the whole table (EXPLAIN QUERY PLAN: SCAN). Changing the lookup, not
 # the index, keeps existing SQLite files valid and indexed. See docs/benchmarks.md.
+#
+# sqlite-id-pushdown: the SQLite backend pushed the _id equality down to SQL only when the filter
+# is exactly {_id: v} (collection.go, Query and Explain), so the server's version-guarded writes
+# ({_id: v, _v: {$lt: n}}, Repository._apply) decoded every document of the collection in Go. Top-level
+# filter keys are ANDed and the handler re-applies the whole filter to whatever Query returns
+# (backends.Collection contract: "Filter may be ... safely applied partially"; limits are not pushed
+# down with a filter), so selecting by the _id index first returns the same documents.
 PATCHES="none"
 if [ "${FERRETDB_NO_PATCHES:-0}" = 1 ]; then
   echo "warning: FERRETDB_NO_PATCHES=1: building FerretDB ${VERSION} without its source patch" >&2
@@ -49,7 +56,57 @@ else
 PATCH
   grep -qF "IDColumn = DefaultColumn + \"->'_id'\"" "$WORK/internal/backends/sqlite/metadata/metadata.go" \
     || { echo "FerretDB ${VERSION}: patch sqlite-id-index not in effect" >&2; exit 1; }
-  PATCHES="sqlite-id-index"
+  patch -d "$WORK" -p1 --forward --batch --fuzz=0 --no-backup-if-mismatch -r - <<'PATCH' || { echo "FerretDB ${VERSION}: patch sqlite-id-pushdown does not apply; update it in $0" >&2; exit 1; }
+--- a/internal/backends/sqlite/collection.go
++++ b/internal/backends/sqlite/collection.go
+@@ -72,8 +72,7 @@
+ 
+ 	// that logic should exist in one place
+ 	// TODO https://github.com/FerretDB/FerretDB/issues/3235
+-	if params.Filter.Len() == 1 {
+-		v, _ := params.Filter.Get("_id")
++	if v := filterID(params.Filter); v != nil {
+ 		switch v.(type) {
+ 		case string, types.ObjectID:
+ 			whereClause = fmt.Sprintf(` WHERE %s = ?`, metadata.IDColumn)
+@@ -275,8 +274,7 @@
+ 
+ 	// that logic should exist in one place
+ 	// TODO https://github.com/FerretDB/FerretDB/issues/3235
+-	if params.Filter.Len() == 1 {
+-		v, _ := params.Filter.Get("_id")
++	if v := filterID(params.Filter); v != nil {
+ 		switch v.(type) {
+ 		case string, types.ObjectID:
+ 			filterPushdown = true
+@@ -535,3 +533,23 @@
+ var (
+ 	_ backends.Collection = (*collection)(nil)
+ )
++
++// filterID returns the value of the filter's top-level _id key, or nil.
++//
++// Patched (FHIR server, scripts/build-ferretdb.sh): upstream pushed _id down only for the filter
++// {_id: v}. Top-level keys are ANDed and the handler applies the whole filter to the rows returned,
++// so {_id: v, other: ...} can select by _id too. Filters with duplicate keys are left alone
++// (Get panics on them).
++func filterID(filter *types.Document) any {
++	if filter.Len() == 0 {
++		return nil
++	}
++
++	if _, dup := filter.FindDuplicateKey(); dup {
++		return nil
++	}
++
++	v, _ := filter.Get("_id")
++
++	return v
++}
+PATCH
+  [ "$(grep -cF 'if v := filterID(params.Filter); v != nil {' "$WORK/internal/backends/sqlite/collection.go")" = 2 ] \
+    || { echo "FerretDB ${VERSION}: patch sqlite-id-pushdown not in effect" >&2; exit 1; }
+  PATCHES="sqlite-id-index,sqlite-id-pushdown"
 fi
 
 echo "$VERSION" > "$WORK/build/version/version.txt"
