@@ -139,13 +139,22 @@ class Repository:
         return [Version.from_history(rtype, d) async for d in cursor]
 
     async def find_page(
-        self, rtype: str, flt: dict, sort: list[tuple[str, int]], limit: int, after: list | None = None
+        self, rtype: str, flt: dict, sort: list[tuple[str, int]], limit: int, after: list | None = None,
+        docs: dict | None = None,
     ) -> list[tuple[Version, list]]:
-        """One page of a search: (version, keyset position) pairs in `sort` order (storage/keyset.py)."""
+        """One page of a search: (version, keyset position) pairs in `sort` order (storage/keyset.py).
+
+        `docs`, when given, receives each raw document (with its index fields) under (type, id), so
+        _include can follow references without reading the page again."""
         if after is not None:
             flt = {"$and": [flt, keyset.after(sort, after)]} if flt else keyset.after(sort, after)
         cursor = self._current[rtype].find(flt, sort=sort, limit=limit)
-        return [(Version.from_current(rtype, d), keyset.position(d, sort)) async for d in cursor]
+        out = []
+        async for d in cursor:
+            if docs is not None:
+                docs[(rtype, d[F_ID])] = d
+            out.append((Version.from_current(rtype, d), keyset.position(d, sort)))
+        return out
 
     async def find_docs(self, rtype: str, flt: dict, limit: int) -> list[tuple[Version, dict]]:
         """Matching current versions with their index fields (for _include/_revinclude)."""

@@ -98,14 +98,15 @@ async def search(ctx: RequestContext, ix: Interaction) -> Result:
     entries: list[dict] = []
     next_position = None
     if count and query.summary != "count":
-        page = await ctx.repo.find_page(ix.type, flt, sort, count + 1, after)
+        page_docs: dict = {}
+        page = await ctx.repo.find_page(ix.type, flt, sort, count + 1, after, docs=page_docs)
         if len(page) > count:
             page = page[:count]
             next_position = page[-1][1]
         visible = [v for v, _ in page if ctx.services.access.may_see(ctx.principal, v.type, v.json)]
         for v in visible:
             entries.append(await _entry(ctx, v, "match", query))
-        entries += await _includes(ctx, query, visible)
+        entries += await _includes(ctx, query, visible, page_docs)
 
     base = ctx.url(ix.path_for_links())
     qs = query.to_query_string(include_count=False)
@@ -129,12 +130,12 @@ async def _entry(ctx: RequestContext, v: Version, mode: str, query: SearchQuery)
     return {"fullUrl": ctx.url(v.type, v.id), "resource": Fragment(raw), "search": {"mode": mode}}
 
 
-async def _includes(ctx: RequestContext, query: SearchQuery, matches: list[Version]) -> list[dict]:
+async def _includes(ctx: RequestContext, query: SearchQuery, matches: list[Version], page_docs: dict) -> list[dict]:
     """_include and _revinclude (with :iterate), each through the access decision for its type."""
     if not (query.include or query.revinclude) or not matches:
         return []
     seen = {(v.type, v.id) for v in matches}
-    docs = {(v.type, v.id): None for v in matches}  # index fields fetched lazily
+    docs = {(v.type, v.id): page_docs.get((v.type, v.id)) for v in matches}  # index fields, from the page
     frontier = list(matches)
     out: list[dict] = []
     truncated = False
