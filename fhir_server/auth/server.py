@@ -165,38 +165,18 @@ class AuthServer:
     async def smart_configuration(self, request: Request) -> Response:
         base, iss = self._urls(request)
         return JSONResponse({
-            "issuer": iss,
-            "jwks_uri": iss + "/jwks",
-            "authorization_endpoint": iss + "/authorize",
-            "token_endpoint": iss + "/token",
-            "introspection_endpoint": iss + "/introspect",
-            "revocation_endpoint": iss + "/revoke",
-            "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
-            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+            **_endpoints(iss),
             "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGS,
-            "scopes_supported": SCOPES_SUPPORTED,
-            "response_types_supported": ["code"],
             "capabilities": CAPABILITIES,
-            "code_challenge_methods_supported": ["S256"],
         }, media_type="application/json")
 
     async def openid_configuration(self, request: Request) -> Response:
         base, iss = self._urls(request)
         return JSONResponse({
-            "issuer": iss,
-            "authorization_endpoint": iss + "/authorize",
-            "token_endpoint": iss + "/token",
-            "jwks_uri": iss + "/jwks",
-            "introspection_endpoint": iss + "/introspect",
-            "revocation_endpoint": iss + "/revoke",
-            "response_types_supported": ["code"],
+            **_endpoints(iss),
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": [ALG],
-            "scopes_supported": SCOPES_SUPPORTED,
-            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
             "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "fhirUser", "name"],
-            "code_challenge_methods_supported": ["S256"],
-            "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         })
 
     async def jwks(self, request: Request) -> Response:
@@ -638,3 +618,20 @@ class AuthServer:
 def _redirect(uri: str, params: dict) -> RedirectResponse:
     sep = "&" if urlsplit(uri).query else "?"
     return RedirectResponse(uri + sep + urlencode(params), status_code=302, headers=NO_STORE)
+
+
+def _endpoints(iss: str) -> dict:
+    """What SMART's smart-configuration and OpenID's discovery document say alike."""
+    return {
+        "issuer": iss,
+        "jwks_uri": iss + "/jwks",
+        "authorization_endpoint": iss + "/authorize",
+        "token_endpoint": iss + "/token",
+        "introspection_endpoint": iss + "/introspect",
+        "revocation_endpoint": iss + "/revoke",
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "scopes_supported": SCOPES_SUPPORTED,
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
+    }
