@@ -213,25 +213,19 @@ def _launch(args: argparse.Namespace) -> int:
 
 def _reindex(args: argparse.Namespace) -> int:
     """Recompute search index fields and create missing indexes (after search definitions change)."""
-    from pymongo import AsyncMongoClient
-
-    from fhir_server.fhir.types import SUPPORTED_TYPES
-    from fhir_server.rest.app import _indexer
-    from fhir_server.storage.binaries import BinaryStore
-    from fhir_server.storage.repository import Repository
+    from fhir_server import composition
 
     settings = Settings()
     if settings.mongodb_uri is None:
         print("FHIR_MONGODB_URI must point at the database to reindex (stop `serve` first for the embedded "
               "engine and start it with `serve`'s data dir, or set the URI)", file=sys.stderr)
         return 2
-    types = tuple(args.type) if args.type else SUPPORTED_TYPES
+    types = tuple(args.type) if args.type else composition.SUPPORTED_TYPES
 
     async def run() -> None:
-        client = AsyncMongoClient(settings.mongodb_uri.get_secret_value(), tz_aware=True)
+        client = composition.connect(settings)
         try:
-            db = client[settings.database]
-            repo = Repository(client, db, SUPPORTED_TYPES, BinaryStore(db), **_indexer())
+            repo = composition.repository(client, client[settings.database])
             await repo.ensure_indexes()
             for rtype in types:
                 print(f"{rtype}: {await repo.reindex(rtype)} documents reindexed")

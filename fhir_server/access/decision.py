@@ -1,33 +1,37 @@
-"""The single access decision point: every interaction and every returned resource passes here.
+"""The access decision point: scopes plus policies, answering permit, deny or permit-with-filter.
 
-Callers never decide access themselves. The inputs are who is asking (a `Principal`: user,
-client, SMART scopes, launch context, purpose of use), the interaction and resource type, and —
-for per-resource questions — the resource itself. The answer follows IHE PCF enforcement:
+Pure: no I/O and no HTTP parsing. Whatever a policy needs from the database it loads once per
+interaction in its async `prepare` (IHE PCF's consent lookup, break-glass state…); after that every
+question is answered from memory, so the records layer (fhir_server/records/) can ask it for every
+read, search, count and write of the interaction without cost.
 
-* `deny` — the endpoint answers 403 (insufficient scope);
-* `permit` — nothing further to check;
-* `permit-with-filter` — allowed, but only on resources satisfying `Decision.filters["rules"]`
-  (the launch patient's compartment for patient/ scopes, a granular scope's query…). Reads,
-  searches and history apply it through `may_see` on every resource they return; instance-level
-  writes, history and operations go through `enforce`, which checks the stored and the incoming
-  resource before the handler runs.
+The answers, after IHE PCF's authorization decision:
 
-Consent rules and security labels plug in as `Policy` objects (`AccessDecisionPoint.policies`),
-consulted after the scopes, without touching the endpoints.
+* `deny` — 403 (insufficient scope, or a policy refuses);
+* `permit` — every resource of the type;
+* `permit-with-filter` — only the resources satisfying the scope rules (the launch patient's
+  compartment, a granular scope's query) and every active policy's database filter. Records merge
+  that filter into the query *and* the count, so totals and keyset paging stay exact, and check
+  each resource again (`may_read`) as a second line of defence; writes are checked on the stored
+  resource and on the resource as it will be stored (`write_problem`).
+
+The decision for one interaction is computed once per (permission, type) and cached in its
+`Access`; a policy that abstains for a caller (its `prepare` returns None) costs nothing.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
 
 import orjson
 
-from fhir_server.access.compartment import OUTSIDE, in_patient_compartment, matches_query
-from fhir_server.auth.scopes import ALL, INTERACTION_PERM, Rule, ScopeSet
-from fhir_server.fhir.outcome import FhirError, not_found
-from fhir_server.rest import interaction as k
+from fhir_server.access.compartment import OUTSIDE, in_patient_compartment, is_about_only, matches_query
+from fhir_server.access.filters import rules_filter
+from fhir_server.auth.principal import Principal
+from fhir_server.auth.scopes import ALL
+from fhir_server.fhir import interactions as k
+from fhir_server.fhir.interactions import Interaction
 
 
 class Effect(Enum):
@@ -36,53 +40,93 @@ class Effect(Enum):
     FILTER = "permit-with-filter"
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class Principal:
-    """Who is asking: a user (patient, professional, admin) through a client, or a backend client
-    on its own, with the token's scopes and launch context."""
-
-    kind: str = "anonymous"  # anonymous | user | client | developer (insecure dev mode only)
-    subject: str | None = None  # the user id (sub), or the client id for backend services
-    client_id: str | None = None
-    scopes: frozenset[str] = frozenset()
-    patient: str | None = None  # launch context patient id
-    purpose_of_use: tuple[str, ...] = ()
-    fhir_user: str | None = None  # e.g. "Practitioner/123" or "Patient/456"
-    encounter: str | None = None
-    unrestricted: bool = False  # only the insecure-dev-mode principal
-    grants: ScopeSet | None = None  # parsed scopes (built from `scopes` when not given)
-
-    def __post_init__(self) -> None:
-        if self.grants is None:
-            user_patient = None
-            if self.fhir_user and self.fhir_user.startswith("Patient/"):
-                user_patient = self.fhir_user[len("Patient/"):]
-            object.__setattr__(self, "grants", ScopeSet.parse(self.scopes, self.patient, user_patient))
-
-
-ANONYMOUS = Principal()
-DEVELOPER = Principal(kind="developer", subject="insecure-dev-mode", unrestricted=True)
-
-
 @dataclass(frozen=True, slots=True)
 class Decision:
     effect: Effect
     reason: str = ""
-    filters: dict = field(default_factory=dict)
+    rules: object = ALL  # ALL, or a tuple of auth.scopes.Rule: a resource must satisfy one
 
 
 PERMIT = Decision(Effect.PERMIT)
 
 
-class Policy(Protocol):
-    """A further rule (patient consent, security labels…). Return None to abstain."""
+def deny(reason: str) -> Decision:
+    return Decision(Effect.DENY, reason)
 
-    def decide(self, principal: Principal, interaction: str, rtype: str | None, ix) -> Decision | None: ...
 
-    def may_see(self, principal: Principal, rtype: str, resource: dict) -> bool | None: ...
+# SMART v2 permission letter of each interaction (https://hl7.org/fhir/smart-app-launch/scopes-and-launch-context.html)
+PERMISSION = {
+    k.CREATE: "c", k.READ: "r", k.VREAD: "r", k.HISTORY_INSTANCE: "r", k.UPDATE: "u", k.PATCH: "u",
+    k.DELETE: "d", k.SEARCH_TYPE: "s", k.SEARCH_SYSTEM: "s", k.HISTORY_TYPE: "s", k.HISTORY_SYSTEM: "s",
+}
+
+
+def permission(ix: Interaction) -> str | None:
+    """The permission an interaction needs as a whole (None: nothing to check at that level)."""
+    if ix.kind == k.OPERATION:
+        # instance-level operations ($validate of a stored resource) read it; type-level $validate
+        # checks a candidate resource about to be created
+        return "r" if ix.id is not None else "c"
+    return PERMISSION.get(ix.kind)
+
+
+class Policy:
+    """A further rule after the scopes (patient consent, security labels…). Every method may
+    abstain; the defaults do. Subclass and override what the rule needs."""
+
+    async def prepare(self, principal: Principal, ix: Interaction, reader) -> object | None:
+        """Load what this interaction's decisions need (once). None: abstain for this interaction."""
+        return self
+
+    def decide(self, principal: Principal, state, perm: str, rtype: str | None) -> Decision | None:
+        """A DENY refuses the permission on the type; anything else abstains."""
+        return None
+
+    def db_filter(self, principal: Principal, state, perm: str, rtype: str) -> dict | None:
+        """A condition every resource reached must also satisfy (ANDed into queries and counts)."""
+        return None
+
+    def may_read(self, principal: Principal, state, rtype: str, resource: dict) -> bool | None:
+        """False hides one resource (must agree with db_filter)."""
+        return None
+
+    def write_problem(self, principal: Principal, state, perm: str, rtype: str, before: dict | None,
+                      after: dict | None) -> str | None:
+        """Why this write is refused (403), or None."""
+        return None
+
+
+class AccessDecisionPoint:
+    """Holds the policies; `prepare` gives the per-interaction `Access` that answers questions."""
+
+    def __init__(self, policies: list[Policy] | tuple[Policy, ...] = ()) -> None:
+        self.policies = tuple(policies)
+
+    async def prepare(self, principal: Principal, ix: Interaction, reader=None) -> Access:
+        active = []
+        if not principal.unrestricted:
+            for policy in self.policies:
+                state = await policy.prepare(principal, ix, reader)
+                if state is not None:
+                    active.append((policy, state))
+        return Access(principal, tuple(active))
+
+
+def _by_scopes(principal: Principal, perm: str, rtype: str | None) -> Decision:
+    if principal.unrestricted:
+        return PERMIT
+    if principal.kind == "anonymous":
+        return deny("authentication is required")
+    rules = principal.scope_set.access(perm, rtype)
+    if not rules:
+        return deny("")
+    if rules == ALL:
+        return PERMIT
+    return Decision(Effect.FILTER, "restricted by scope", rules)
 
 
 def _satisfies(rtype: str, resource: dict, rules) -> bool:
+    """Read semantics: in the compartment of a rule's patient (types outside it: anyone's)."""
     if rules == ALL:
         return True
     for rule in rules:
@@ -95,155 +139,100 @@ def _satisfies(rtype: str, resource: dict, rules) -> bool:
     return False
 
 
-def _operation_perm(ix) -> str:
-    if ix is not None and ix.id is not None:
-        return "r"  # instance-level operations ($validate of a stored resource) read it
-    return "c"  # type-level $validate checks a candidate resource about to be created
+def _writable(rtype: str, resource: dict, rules) -> bool:
+    """Write semantics: about the rule's patient and nobody else (never a directory type)."""
+    if rules == ALL:
+        return True
+    for rule in rules:
+        if rule.patient is not None and not is_about_only(rtype, resource, rule.patient):
+            continue
+        if rule.query and not matches_query(rtype, resource, rule.query):
+            continue
+        return True
+    return False
 
 
-class AccessDecisionPoint:
-    """Answers for (principal, interaction, resource type, resource). Stateless and cheap."""
+class Access:
+    """The decisions of one interaction for one principal: pure and cached."""
 
-    def __init__(self, policies: list[Policy] | None = None) -> None:
-        self.policies = list(policies or ())
+    __slots__ = ("principal", "_active", "_decisions", "_filters")
 
-    # --- interaction level -----------------------------------------------------------------------
+    def __init__(self, principal: Principal, active: tuple) -> None:
+        self.principal = principal
+        self._active = active
+        self._decisions: dict = {}
+        self._filters: dict = {}
 
-    def decide(self, principal: Principal, interaction: str, rtype: str | None, ix=None) -> Decision:
-        decision = self._by_scopes(principal, interaction, rtype, ix)
+    @property
+    def unrestricted(self) -> bool:
+        return self.principal.unrestricted
+
+    def decide(self, perm: str, rtype: str | None) -> Decision:
+        key = (perm, rtype)
+        hit = self._decisions.get(key)
+        if hit is not None:
+            return hit
+        decision = _by_scopes(self.principal, perm, rtype)
         if decision.effect is not Effect.DENY:
-            for policy in self.policies:
-                refined = policy.decide(principal, interaction, rtype, ix)
-                if refined is not None and refined.effect is Effect.DENY:
-                    return refined
+            for policy, state in self._active:
+                refused = policy.decide(self.principal, state, perm, rtype)
+                if refused is not None and refused.effect is Effect.DENY:
+                    decision = refused
+                    break
+                if rtype is not None and decision.effect is Effect.PERMIT and policy.db_filter(
+                        self.principal, state, perm, rtype):
+                    decision = Decision(Effect.FILTER, "restricted by policy", ALL)
+        self._decisions[key] = decision
         return decision
 
-    def _by_scopes(self, principal: Principal, interaction: str, rtype: str | None, ix) -> Decision:
-        if principal.unrestricted or interaction == k.CAPABILITIES:
-            return PERMIT
-        if principal.kind == "anonymous":
-            return Decision(Effect.DENY, "authentication is required")
-        if interaction == k.BUNDLE:
-            return PERMIT  # every entry is decided on its own
-        perm = _operation_perm(ix) if interaction == k.OPERATION else INTERACTION_PERM.get(interaction)
-        if perm is None:
-            return Decision(Effect.DENY, f"'{interaction}' is not permitted")
-        rules = principal.grants.access(perm, rtype)
-        if not rules:
-            what = rtype or "the system"
-            return Decision(Effect.DENY, f"the token's scopes do not permit {interaction} on {what}")
-        if rules == ALL:
-            return PERMIT
-        return Decision(Effect.FILTER, "restricted by scope", {"perm": perm, "rules": rules})
+    def filter(self, perm: str, rtype: str) -> dict | None:
+        """The database filter restricting `rtype` to what may be reached with `perm`: {} for
+        everything, None when denied."""
+        key = (perm, rtype)
+        if key in self._filters:
+            return self._filters[key]
+        decision = self.decide(perm, rtype)
+        flt: dict | None
+        if decision.effect is Effect.DENY:
+            flt = None
+        else:
+            parts = [rules_filter(rtype, decision.rules)]
+            for policy, state in self._active:
+                parts.append(policy.db_filter(self.principal, state, perm, rtype) or {})
+            parts = [p for p in parts if p]
+            flt = {} if not parts else parts[0] if len(parts) == 1 else {"$and": parts}
+        self._filters[key] = flt
+        return flt
 
-    # --- resource level --------------------------------------------------------------------------
-
-    def _see_rules(self, principal: Principal, rtype: str):
-        grants = principal.grants
-        key = ("see", rtype)
-        rules = grants._cache.get(key)
-        if rules is None:
-            r, s = grants.access("r", rtype), grants.access("s", rtype)
-            if r == ALL or s == ALL:
-                rules = ALL
-            else:
-                rules = tuple(dict.fromkeys(r + s))
-            grants._cache[key] = rules
-        return rules
-
-    def may_see(self, principal: Principal, rtype: str, resource_json: bytes | dict) -> bool:
-        """Per-resource filter applied to every resource returned, whatever path reached it."""
-        if principal.unrestricted:
-            return True
-        rules = self._see_rules(principal, rtype)
-        if not rules:
+    def may_read(self, perm: str, rtype: str, resource: bytes | dict | None) -> bool:
+        """Per-resource check of a resource about to be disclosed (the second line of defence)."""
+        decision = self.decide(perm, rtype)
+        if decision.effect is Effect.DENY:
             return False
-        if rules == ALL and not self.policies:
+        if decision.effect is Effect.PERMIT and not self._active:
             return True
-        resource = orjson.loads(resource_json) if isinstance(resource_json, (bytes, bytearray, memoryview)) \
-            else resource_json
-        if not isinstance(resource, dict) or not _satisfies(rtype, resource, rules):
+        if resource is None:
             return False
-        for policy in self.policies:
-            if policy.may_see(principal, rtype, resource) is False:
-                return False
-        return True
+        doc = orjson.loads(resource) if isinstance(resource, (bytes, bytearray, memoryview)) else resource
+        if not isinstance(doc, dict) or not _satisfies(rtype, doc, decision.rules):
+            return False
+        return all(policy.may_read(self.principal, state, rtype, doc) is not False for policy, state in self._active)
 
-    def permits_resource(self, decision: Decision, rtype: str, resource: dict) -> bool:
-        return _satisfies(rtype, resource, decision.filters.get("rules", ALL))
-
-    # --- enforcement of permit-with-filter before a handler runs -------------------------------------
-
-    async def enforce(self, ctx, ix, decision: Decision) -> None:
-        """Check what `may_see` cannot: the stored resource an instance-level interaction acts on
-        and the content a write would store. Raises FhirError; 404 when the caller may not know the
-        resource exists."""
-        if decision.effect is not Effect.FILTER:
-            return
-        kind = ix.kind
-        if kind in (k.READ, k.VREAD):
-            return  # the handler applies may_see to the version it found
-        if kind in (k.SEARCH_TYPE, k.SEARCH_SYSTEM):
-            return  # the search compiles decision.filters into its query (access/query.py)
-        if kind in (k.HISTORY_TYPE, k.HISTORY_SYSTEM):
-            # Delete tombstones carry no content to check compartment membership against.
-            raise FhirError(403, "forbidden", "type and system history are not available to tokens restricted to "
-                                              "a patient or a granular scope; use instance history")
-        rules = decision.filters["rules"]
-        if kind in (k.HISTORY_INSTANCE, k.UPDATE, k.PATCH, k.DELETE, k.OPERATION) and ix.id is not None:
-            stored = await _last_content(ctx, ix.type, ix.id)
-            if stored is not None and not (_satisfies(ix.type, stored, rules)
-                                           and self.may_see(ctx.principal, ix.type, stored)):
-                raise not_found(ix.type, ix.id)
-            if stored is None and kind in (k.HISTORY_INSTANCE, k.OPERATION, k.PATCH, k.DELETE):
-                return  # the handler answers 404 / 410 / 204 as usual
-            if kind == k.PATCH and stored is not None:
-                patched = await _patched(ctx, ix)
-                if patched is not None and not _satisfies(ix.type, patched, rules):
-                    raise FhirError(403, "forbidden", "the patched resource would fall outside what the token permits")
-        if kind in (k.CREATE, k.UPDATE):
-            incoming = _incoming(ix)
-            if incoming is not None and not _satisfies(ix.type, incoming, rules):
-                raise FhirError(403, "forbidden", f"the token does not permit writing this {ix.type} "
-                                                  "(outside the patient in context or the granted categories)")
-
-
-async def _last_content(ctx, rtype: str, rid: str) -> dict | None:
-    """The newest stored content of a resource (the version before its deletion if deleted)."""
-    v = await ctx.repo.read(rtype, rid, session=ctx.session)
-    if v is None:
-        latest = await ctx.repo.latest(rtype, rid, session=ctx.session)
-        if latest is None or latest.version <= 1:
-            return None
-        v = await ctx.repo.vread(rtype, rid, latest.version - 1)
-    if v is None or v.json is None:
+    def write_problem(self, perm: str, rtype: str, before: dict | None, after: dict | None) -> str | None:
+        """Why a write of `after` over `before` is refused, None if it may proceed. The caller has
+        already checked that `before` is visible (else it answers 404)."""
+        decision = self.decide(perm, rtype)
+        if decision.effect is Effect.DENY:
+            return decision.reason or f"the token's scopes do not permit this write on {rtype}"
+        if decision.rules != ALL:
+            if before is not None and not _writable(rtype, before, decision.rules):
+                return f"the token does not permit changing this {rtype} (outside the patient in context or the " \
+                       "granted categories)"
+            if after is not None and not _writable(rtype, after, decision.rules):
+                return f"the token does not permit writing this {rtype} (outside the patient in context or the " \
+                       "granted categories)"
+        for policy, state in self._active:
+            problem = policy.write_problem(self.principal, state, perm, rtype, before, after)
+            if problem:
+                return problem
         return None
-    return orjson.loads(v.json)
-
-
-def _incoming(ix) -> dict | None:
-    if ix.resource is not None:
-        return ix.resource
-    if ix.type == "Binary":
-        ct = (ix.header("content-type") or "").split(";")[0].strip()
-        if ct and "json" not in ct:
-            ref = ix.header("x-security-context")
-            return {"resourceType": "Binary", **({"securityContext": {"reference": ref}} if ref else {})}
-    try:
-        body = orjson.loads(ix.body or b"")
-    except orjson.JSONDecodeError:
-        return None  # the handler rejects it with 400
-    return body if isinstance(body, dict) else None
-
-
-async def _patched(ctx, ix) -> dict | None:
-    import jsonpatch
-
-    from fhir_server.rest.handlers.patch import _operations
-
-    try:
-        ops = jsonpatch.JsonPatch(_operations(ix))
-        current = await ctx.repo.read(ix.type, ix.id, session=ctx.session)
-        return ops.apply(orjson.loads(current.json)) if current is not None else None
-    except Exception:
-        return None  # the handler reports the invalid patch

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import orjson
 
+from fhir_server.search.normalize import reference_key
 from fhir_server.search.registry import REFERENCE, field_name
 
 
@@ -27,29 +28,30 @@ def _label(resource: dict) -> str:
     return f"{text or 'Patient'}" + (f", born {birth}" if birth else "") + f" ({resource.get('id')})"
 
 
-def _refers_to(ref: object, target: str) -> bool:
-    if isinstance(ref, dict):
-        ref = ref.get("reference")
-    return isinstance(ref, str) and (ref == target or ref.endswith("/" + target))
+class PatientPicker:
+    """The standalone-launch patient picker's rules, over the repository (no HTTP, no scopes)."""
 
+    def __init__(self, repo, limit: int = 200) -> None:
+        self.repo = repo
+        self.limit = limit
 
-async def accessible_patients(repo, user, limit: int = 200) -> list[tuple[str, str]]:
-    if user.role == "patient":
-        pid = user.patient_id
-        v = await repo.read("Patient", pid) if pid else None
-        return [(pid, _label(orjson.loads(v.json)))] if v is not None else []
-    flt = {} if user.role == "admin" else {field_name(REFERENCE, "general-practitioner"): user.fhir_user or ""}
-    page = await repo.find_page("Patient", flt, [("_id", 1)], limit)
-    return [(v.id, _label(orjson.loads(v.json))) for v, _ in page]
+    async def accessible(self, user) -> list[tuple[str, str]]:
+        if user.role == "patient":
+            pid = user.patient_id
+            v = await self.repo.read("Patient", pid) if pid else None
+            return [(pid, _label(orjson.loads(v.json)))] if v is not None else []
+        flt = {} if user.role == "admin" else {field_name(REFERENCE, "general-practitioner"): user.fhir_user or ""}
+        page = await self.repo.find_page("Patient", flt, [("_id", 1)], self.limit)
+        return [(v.id, _label(orjson.loads(v.json))) for v, _ in page]
 
-
-async def may_access_patient(repo, user, patient_id: str) -> bool:
-    if user.role == "patient":
-        return user.patient_id == patient_id
-    v = await repo.read("Patient", patient_id)
-    if v is None:
-        return False
-    if user.role == "admin":
-        return True
-    resource = orjson.loads(v.json)
-    return any(_refers_to(g, user.fhir_user or "") for g in resource.get("generalPractitioner") or ())
+    async def may_open(self, user, patient_id: str) -> bool:
+        if user.role == "patient":
+            return user.patient_id == patient_id
+        v = await self.repo.read("Patient", patient_id)
+        if v is None:
+            return False
+        if user.role == "admin":
+            return True
+        resource = orjson.loads(v.json)
+        return any(reference_key(g.get("reference") or "") == user.fhir_user
+                   for g in resource.get("generalPractitioner") or () if isinstance(g, dict))

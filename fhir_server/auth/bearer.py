@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from fhir_server.access.decision import DEVELOPER, Principal
+from fhir_server.auth.principal import DEVELOPER, Principal, purpose_of_use
 from fhir_server.auth.server import issuer_for
 from fhir_server.auth.tokens import InvalidToken
 from fhir_server.fhir.outcome import FhirError
@@ -40,6 +40,7 @@ def principal_from_claims(claims: dict) -> Principal:
             client_id=claims.get("client_id"),
             scopes=frozenset(claims.get("scope", "").split()),
             patient=claims.get("patient"),
+            purpose_of_use=purpose_of_use(claims),
             fhir_user=claims.get("fhirUser"),
             encounter=claims.get("encounter"),
         )

@@ -22,6 +22,7 @@ import re
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
+from typing import Protocol
 from urllib.parse import unquote, urlencode, urlsplit
 
 import httpx
@@ -32,7 +33,6 @@ from joserfc.jwk import KeySet
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from fhir_server.access.patients import accessible_patients, may_access_patient
 from fhir_server.auth import pages
 from fhir_server.auth.keys import ALG, KeyStore
 from fhir_server.auth.scopes import Scope, ScopeError, parse_scope
@@ -140,11 +140,20 @@ AUTH_ROUTES = [
 ]
 
 
+class PatientPicker(Protocol):
+    """Which patients a user may open in a standalone launch. The composition root supplies it
+    (fhir_server/access/patients.py), so the authorization server needs no access policy code."""
+
+    async def accessible(self, user: User) -> list[tuple[str, str]]: ...
+
+    async def may_open(self, user: User, patient_id: str) -> bool: ...
+
+
 class AuthServer:
-    def __init__(self, settings, db, repo, users: UserDirectory | None = None,
+    def __init__(self, settings, db, patients: PatientPicker, users: UserDirectory | None = None,
                  clients: ClientRegistry | None = None) -> None:
         self.settings = settings
-        self.repo = repo
+        self.patients = patients
         self.users = users or MongoUserDirectory(db)
         self.clients = clients or MongoClientRegistry(db)
         self.state = StateStore(db)
@@ -281,7 +290,7 @@ class AuthServer:
     async def _approval(self, rid: str, params: dict, client: Client, user: User, error: str | None = None):
         picker = None
         if self._needs_picker(params, user):
-            picker = await accessible_patients(self.repo, user)
+            picker = await self.patients.accessible(user)
         has_patient = bool(params.get("launch_context", {}).get("patient")) or user.role == "patient" or bool(picker)
         scopes = allowed_scopes(params["scope"].split(), client, user=user, patient=has_patient)
         return HTMLResponse(pages.approve_page(rid, client.name or client.client_id, user.name or user.username,
@@ -313,7 +322,7 @@ class AuthServer:
             context["patient"] = user.patient_id  # a patient only ever gets their own record in context
         elif self._needs_picker(params, user):
             chosen = str(form.get("patient") or "")
-            if not chosen or not await may_access_patient(self.repo, user, chosen):
+            if not chosen or not await self.patients.may_open(user, chosen):
                 return await self._approval(rid, params, client, user, "Choose one of the patients listed.")
             context["patient"] = chosen
         scopes = allowed_scopes(params["scope"].split(), client, user=user, patient=bool(context.get("patient")))

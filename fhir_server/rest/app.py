@@ -8,64 +8,50 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pymongo import AsyncMongoClient
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from fhir_server.access.decision import AccessDecisionPoint, Principal
+from fhir_server import composition
+from fhir_server.access.decision import Policy
 from fhir_server.auth.bearer import authenticate
-from fhir_server.auth.server import AUTH_ROUTES, AuthServer, fhir_base
+from fhir_server.auth.principal import ANONYMOUS
+from fhir_server.auth.server import AUTH_ROUTES, fhir_base
+from fhir_server.composition import Services
 from fhir_server.config import Settings
-from fhir_server.engine.capabilities import detect
 from fhir_server.fhir.outcome import FhirError
-from fhir_server.fhir.types import SUPPORTED_TYPES
 from fhir_server.ops.observability import ObservabilityMiddleware, configure_logging
+from fhir_server.records.hooks import Hook
 from fhir_server.rest import interaction as interactions
-from fhir_server.rest.context import RequestContext, Services
+from fhir_server.rest.context import RequestContext
 from fhir_server.rest.dispatch import dispatch
 from fhir_server.rest.formats import negotiate
 from fhir_server.rest.render import render
 from fhir_server.rest.result import error_result
-from fhir_server.storage.binaries import BinaryStore
-from fhir_server.storage.repository import Repository
 
 log = logging.getLogger("fhir_server")
-_PUBLIC = Principal()  # anonymous: permitted only the public CapabilityStatement
 FHIR_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
-def _indexer():
-    """Search index extraction, when the search package is present."""
-    try:
-        from fhir_server.search.extract import index_fields, index_specs
-    except ImportError:
-        return {}
-    return {"index_fields": index_fields, "index_specs": index_specs}
-
-
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, *, policies: Sequence[Policy] = (),
+               hooks: Sequence[Hook] = ()) -> Starlette:
+    """The ASGI app; `policies` and `hooks` are added to the decision point and the pipeline."""
     settings = settings or Settings()
     configure_logging(settings.log_level)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        if settings.mongodb_uri is None:
-            raise RuntimeError("FHIR_MONGODB_URI is not set (the CLI sets it when it starts the embedded engine)")
-        client = AsyncMongoClient(settings.mongodb_uri.get_secret_value(), tz_aware=True, uuidRepresentation="standard")
-        db = client[settings.database]
-        engine = await detect(client, settings.database)
-        repo = Repository(client, db, SUPPORTED_TYPES, BinaryStore(db), **_indexer())
-        await repo.ensure_indexes()
-        auth = AuthServer(settings, db, repo)
-        await auth.start()
-        app.state.services = Services(settings, repo, engine, AccessDecisionPoint(), auth)
+        client = composition.connect(settings)
+        services = await composition.build(settings, client, policies=policies, hooks=hooks)
+        app.state.services = services
         if settings.insecure_dev_mode:
             log.warning("INSECURE DEV MODE: requests without an access token get FULL ACCESS to every record "
                         "(FHIR_INSECURE_DEV_MODE=true). Never use this outside development.")
+        engine = services.engine
         log.info("engine ready", extra={"interaction": f"{engine.name} {engine.version} transactions={engine.transactions}"})
         try:
             yield
@@ -118,7 +104,7 @@ async def fhir_endpoint(request: Request) -> Response:
         base = _base_url(request, services.settings)
         path = request.path_params.get("path", "")
         # The CapabilityStatement is public (SMART discovery); everything else needs a valid token.
-        principal = _PUBLIC if path == "metadata" else await authenticate(
+        principal = ANONYMOUS if path == "metadata" else await authenticate(
             request.headers.get("authorization"), base, services)
         params = request.query_params
         pretty = params.get("_pretty") == "true"
@@ -154,7 +140,7 @@ async def ready(request: Request) -> Response:
     if services is None:
         return JSONResponse({"status": "starting"}, status_code=503)
     try:
-        await services.repository.client.admin.command("ping")
+        await services.ping()
     except Exception:
         return JSONResponse({"status": "database unavailable"}, status_code=503)
     return JSONResponse({"status": "ready", "engine": services.engine.name})

@@ -1,22 +1,25 @@
-"""Per-process services and per-request context passed to every handler."""
+"""The per-interaction context passed to every handler.
+
+Handlers reach data only through `ctx.records` (fhir_server/records/), built by the dispatcher for
+each interaction; they never see the repository, a database session or the decision point.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-from fhir_server.access.decision import AccessDecisionPoint, Principal
+from fhir_server.auth.principal import Principal
+from fhir_server.composition import Services
 from fhir_server.config import Settings
 from fhir_server.engine.capabilities import EngineCapabilities
-from fhir_server.storage.repository import Repository
+from fhir_server.storage.repository import Unit
 
-
-@dataclass(slots=True)
-class Services:
-    settings: Settings
-    repository: Repository
-    engine: EngineCapabilities
-    access: AccessDecisionPoint
-    auth: object | None = None  # fhir_server.auth.server.AuthServer
+if TYPE_CHECKING:
+    from fhir_server.fhir.interactions import Interaction
+    from fhir_server.records.records import Records
+    from fhir_server.rest.result import Result
 
 
 @dataclass(slots=True)
@@ -25,15 +28,31 @@ class RequestContext:
     base_url: str  # absolute FHIR base, no trailing slash
     principal: Principal
     request_id: str
-    session: object | None = None  # a MongoDB session inside a transaction Bundle
+    unit: Unit | None = None  # the unit of work (transaction Bundle) this interaction belongs to
     in_bundle: bool = False
+    records: Records | None = None  # this interaction's data handle (set by the dispatcher)
+    # run another interaction in this context (conditional interactions re-run on the matched id)
+    run: Callable[[RequestContext, Interaction], Awaitable[Result]] | None = None
 
     @property
-    def repo(self) -> Repository:
-        return self.services.repository
+    def settings(self) -> Settings:
+        return self.services.settings
 
-    def in_transaction(self, session) -> RequestContext:
-        return replace(self, session=session, in_bundle=True)
+    @property
+    def engine(self) -> EngineCapabilities:
+        return self.services.engine
+
+    @property
+    def cursor_key(self) -> bytes:
+        return self.services.cursor_key
+
+    @property
+    def data(self) -> Records:
+        assert self.records is not None, "handlers run through the dispatcher"
+        return self.records
+
+    def in_unit(self, unit: Unit) -> RequestContext:
+        return replace(self, unit=unit, in_bundle=True)
 
     def url(self, *parts: str) -> str:
         return "/".join([self.base_url, *parts])

@@ -1,48 +1,76 @@
-"""The router: each FHIR interaction kind and the handler that implements it.
+"""The pipeline of one interaction: decision, data handle, handler, hooks.
 
-Every request, and every Bundle entry, goes through `dispatch`, which first asks the access
-decision point. No handler makes its own permission decision about the interaction.
+Every request and every Bundle entry goes through `dispatch`:
+
+1. the decision point prepares this interaction's `Access` (policies load what they need once);
+2. the interaction as a whole is refused (403) when its permission is denied;
+3. the handler runs with a `Records` handle, which checks every read and write it makes;
+4. the hooks hear `started` and `finished` (with the status), and from `Records` what was
+   disclosed and written.
+
+No handler makes a permission decision of its own.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
-from fhir_server.access.decision import Effect
+from fhir_server.access.decision import Effect, permission
+from fhir_server.fhir import interactions as k
+from fhir_server.fhir.interactions import Interaction
 from fhir_server.fhir.outcome import FhirError
-from fhir_server.rest import interaction as ix_kinds
+from fhir_server.records.hooks import Event
+from fhir_server.records.records import Records
 from fhir_server.rest.context import RequestContext
 from fhir_server.rest.handlers import bundle, capabilities, history, patch, read, search, validate, write
-from fhir_server.rest.interaction import Interaction
 from fhir_server.rest.result import Result, error_result
 
 OPERATIONS = {"validate": validate.validate}
 
 HANDLERS = {
-    ix_kinds.CAPABILITIES: capabilities.capabilities,
-    ix_kinds.READ: read.read,
-    ix_kinds.VREAD: read.vread,
-    ix_kinds.CREATE: write.create,
-    ix_kinds.UPDATE: write.update,
-    ix_kinds.PATCH: patch.patch,
-    ix_kinds.DELETE: write.delete,
-    ix_kinds.HISTORY_INSTANCE: history.history,
-    ix_kinds.HISTORY_TYPE: history.history,
-    ix_kinds.HISTORY_SYSTEM: history.history,
-    ix_kinds.SEARCH_TYPE: search.search,
-    ix_kinds.SEARCH_SYSTEM: search.search,
+    k.CAPABILITIES: capabilities.capabilities,
+    k.READ: read.read,
+    k.VREAD: read.vread,
+    k.CREATE: write.create,
+    k.UPDATE: write.update,
+    k.PATCH: patch.patch,
+    k.DELETE: write.delete,
+    k.HISTORY_INSTANCE: history.history,
+    k.HISTORY_TYPE: history.history,
+    k.HISTORY_SYSTEM: history.history,
+    k.SEARCH_TYPE: search.search,
+    k.SEARCH_SYSTEM: search.search,
 }
 
 
-async def execute(ctx: RequestContext, ix: Interaction) -> Result:
+async def _bind(ctx: RequestContext, ix: Interaction, event: Event) -> RequestContext:
+    """This interaction's context: its access decisions and its data handle."""
+    services = ctx.services
+    access = await services.access.prepare(ctx.principal, ix, services.repository)
+    if ix.kind not in (k.CAPABILITIES, k.BUNDLE):
+        perm = permission(ix)
+        if perm is None:
+            raise FhirError(403, "forbidden", f"'{ix.kind}' is not permitted")
+        decision = access.decide(perm, ix.type)
+        if decision.effect is Effect.DENY:
+            raise FhirError(403, "forbidden", decision.reason or (
+                f"the token's scopes do not permit {ix.kind} on {ix.type or 'the system'}"))
+    records = Records(services.repository, access, services.hooks, event, ctx.unit, ctx.base_url)
+    return replace(ctx, records=records, run=execute)
+
+
+def _event(ctx: RequestContext, ix: Interaction) -> Event:
+    return Event(ix, ctx.principal, ctx.request_id, ctx.in_bundle)
+
+
+async def execute(ctx: RequestContext, ix: Interaction, event: Event | None = None) -> Result:
     """Run one interaction; raises FhirError."""
-    decision = ctx.services.access.decide(ctx.principal, ix.kind, ix.type, ix)
-    if decision.effect is Effect.DENY:
-        raise FhirError(403, "forbidden", decision.reason or "access denied")
-    await ctx.services.access.enforce(ctx, ix, decision)  # permit-with-filter: stored/incoming resource
-    if ix.kind == ix_kinds.BUNDLE:
+    ctx = await _bind(ctx, ix, event or _event(ctx, ix))
+    if ix.kind == k.BUNDLE:
         return await bundle.bundle(ctx, ix, dispatch)
-    if ix.kind == ix_kinds.OPERATION:
+    if ix.kind == k.OPERATION:
         handler = OPERATIONS.get(ix.operation or "")
         if handler is None:
             raise FhirError(404, "not-supported", f"operation ${ix.operation} is not supported")
@@ -51,16 +79,24 @@ async def execute(ctx: RequestContext, ix: Interaction) -> Result:
 
 
 async def dispatch(ctx: RequestContext, ix: Interaction) -> Result:
-    """Run one interaction and turn failures into OperationOutcome results (Bundle entries use this)."""
+    """Run one interaction, tell the hooks, and turn failures into OperationOutcome results."""
+    hooks = ctx.services.hooks
+    event = _event(ctx, ix)
+    await hooks.started(event)
+    error: FhirError | None = None
     try:
-        return await execute(ctx, ix)
+        result = await execute(ctx, ix, event)
     except FhirError as err:
-        return error_result(err)
+        error = err
     except ConnectionFailure:
-        return error_result(FhirError(503, "transient", "the database is unavailable; try again"))
+        error = FhirError(503, "transient", "the database is unavailable; try again")
     except OperationFailure as exc:
-        if exc.has_error_label("TransientTransactionError") or exc.code in (112, 251):  # WriteConflict
-            return error_result(FhirError(409, "conflict", "a concurrent change conflicted; try again"))
-        raise
+        if not (exc.has_error_label("TransientTransactionError") or exc.code in (112, 251)):  # WriteConflict
+            raise
+        error = FhirError(409, "conflict", "a concurrent change conflicted; try again")
     except PyMongoError:
         raise
+    if error is not None:
+        result = error_result(error)
+    await hooks.finished(event, result.status, error)
+    return result

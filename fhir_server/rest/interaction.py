@@ -7,50 +7,28 @@ https://hl7.org/fhir/R4/http.html, Bundle entries: https://hl7.org/fhir/R4/http.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
+from fhir_server.fhir.interactions import (  # noqa: F401  (re-exported: the kinds are part of this API)
+    BUNDLE,
+    CAPABILITIES,
+    CREATE,
+    DELETE,
+    HISTORY_INSTANCE,
+    HISTORY_SYSTEM,
+    HISTORY_TYPE,
+    OPERATION,
+    PATCH,
+    READ,
+    SEARCH_SYSTEM,
+    SEARCH_TYPE,
+    UPDATE,
+    VREAD,
+    WRITES,
+    Interaction,
+)
 from fhir_server.fhir.outcome import FhirError
 from fhir_server.fhir.types import ALL_R4_TYPES, SUPPORTED, is_valid_id
-
-# interaction kinds
-CAPABILITIES = "capabilities"
-READ, VREAD, UPDATE, PATCH, DELETE, CREATE = "read", "vread", "update", "patch", "delete", "create"
-SEARCH_TYPE, SEARCH_SYSTEM = "search-type", "search-system"
-HISTORY_INSTANCE, HISTORY_TYPE, HISTORY_SYSTEM = "history-instance", "history-type", "history-system"
-BUNDLE = "batch/transaction"
-OPERATION = "operation"
-
-WRITES = frozenset({UPDATE, PATCH, DELETE, CREATE})
-
-
-@dataclass(slots=True)
-class Interaction:
-    kind: str
-    method: str
-    type: str | None = None
-    id: str | None = None
-    vid: str | None = None
-    operation: str | None = None  # e.g. "validate" for $validate
-    params: list[tuple[str, str]] = field(default_factory=list)
-    headers: dict[str, str] = field(default_factory=dict)  # lower-case names
-    body: bytes | None = None
-    resource: dict | None = None  # already-parsed body (Bundle entries)
-    compartment: str | None = None  # Patient id of a compartment search (Patient/123/DocumentReference)
-    existing: object | None = None  # a transaction's conditional create that matched this Version
-
-    def param(self, name: str) -> str | None:
-        for k, v in self.params:
-            if k == name:
-                return v
-        return None
-
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name)
-
-    def path_for_links(self) -> str:
-        """The search path, relative to the base, as paging links must repeat it."""
-        return f"Patient/{self.compartment}/{self.type}" if self.compartment else (self.type or "")
 
 
 def _allowed(methods: dict[str, str], method: str, path: str) -> str:

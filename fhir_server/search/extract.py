@@ -204,6 +204,12 @@ def _token(values: list[Typed], param: SearchParam, code_system: str | None = No
     return out
 
 
+def reference_keys(resource: dict, param: SearchParam) -> list[str]:
+    """The reference index entries of one parameter (`Type/id` for local references): what a
+    `param=Type/id` search matches, for checks that must agree with the database exactly."""
+    return _reference(values_of(resource, param), param).get(param.f(REFERENCE), [])
+
+
 def _reference(values: list[Typed], param: SearchParam) -> dict:
     refs: list[str] = []
     idents: list[str] = []
@@ -309,7 +315,7 @@ def _shape(param: SearchParam, items: list) -> Any:
     return items
 
 
-def _param_fields(resource: dict, param: SearchParam) -> dict:
+def param_fields(resource: dict, param: SearchParam) -> dict:
     values = values_of(resource, param)
     if not values:
         return {}
@@ -363,7 +369,7 @@ def index_fields(resource: dict) -> dict:
     """
     out: dict = {}
     for param in _indexed_params(resource.get("resourceType", "")):
-        out.update(_param_fields(resource, param))
+        out.update(param_fields(resource, param))
     return out
 
 
@@ -395,7 +401,7 @@ _INDEXES: dict[str, list[list[tuple[str, str]]]] = {
     ],
     "Provenance": [[("target", REFERENCE)], [("patient", REFERENCE), ("recorded", DATE + ".lo")]],
     "List": [[("identifier", TOKEN)], [("patient", REFERENCE)], [("subject", REFERENCE)], [("item", REFERENCE)]],
-    "Binary": [],
+    "Binary": [[("securitycontext", REFERENCE)]],
 }
 
 

@@ -312,7 +312,7 @@ def _quantity_value(alt: str, param: SearchParam, expr: str) -> QuantityValue:
     return QuantityValue(num.prefix, num.text, num.value, num.lo, num.hi, system, code)
 
 
-def _token_value(alt: str) -> TokenValue:
+def token_value(alt: str) -> TokenValue:
     pieces = split_escaped(alt, "|", 1)
     if len(pieces) == 1:
         return TokenValue(None, unescape(pieces[0]))
@@ -353,10 +353,10 @@ def _values(param: SearchParam, modifier: str | None, alts: list[str], expr: str
                     raise SearchError(f"Invalid :of-type value {alt!r}: expected system|code|value", expr)
                 out.append(OfTypeValue(*(unescape(p) for p in pieces)))
             else:
-                out.append(_token_value(alt))
+                out.append(token_value(alt))
         elif ptype == "reference":
             if modifier == "identifier":
-                out.append(_token_value(alt))
+                out.append(token_value(alt))
             else:
                 out.append(_reference_value(alt, param, modifier, expr))
         elif ptype == "date":

@@ -18,7 +18,8 @@ import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
-from pathlib import Path
+
+from fhir_server.fhir.types import ALL_R4_TYPES
 
 # Kinds of index field. One parameter may use several (a string parameter keeps a folded and an exact copy).
 STRING = "s"  # case/accent-folded strings: default and :contains string search
@@ -141,13 +142,16 @@ class SearchParam:
         )
 
 
+def _data(name: str) -> dict:
+    return json.loads(resources.files("fhir_server.data").joinpath(name).read_text("utf-8"))["types"]
+
+
 @lru_cache(maxsize=1)
 def _load() -> dict[str, dict[str, SearchParam]]:
-    try:
-        text = resources.files("fhir_server").joinpath("data/search_parameters.json").read_text("utf-8")
-    except (ModuleNotFoundError, FileNotFoundError, TypeError):  # pragma: no cover - source checkout fallback
-        text = (Path(__file__).resolve().parent.parent / "data" / "search_parameters.json").read_text("utf-8")
-    data = json.loads(text)["types"]
+    """The official R4 parameters (generated), plus the few this server defines (local file)."""
+    data = _data("search_parameters.json")
+    for rtype, params in _data("local_search_parameters.json").items():
+        data.setdefault(rtype, {}).update(params)
     common = {code: SearchParam.from_json("Resource", d) for code, d in data.get("Resource", {}).items()}
     out: dict[str, dict[str, SearchParam]] = {}
     for rtype, params in data.items():
@@ -169,12 +173,6 @@ def resource_types() -> tuple[str, ...]:
     return tuple(_load())
 
 
-@lru_cache(maxsize=1)
 def known_resource_types() -> frozenset[str]:
-    """Every R4 resource type name (for `subject:Type` and _include validation); ours at least."""
-    try:
-        text = resources.files("fhir_server").joinpath("data/resource_types.json").read_text("utf-8")
-        names = json.loads(text)["resourceTypes"]
-    except Exception:  # pragma: no cover - file owned by another module; degrade to our own types
-        names = []
-    return frozenset(names) | frozenset(_load())
+    """Every R4 resource type name (for `subject:Type` and _include validation)."""
+    return ALL_R4_TYPES

@@ -25,8 +25,8 @@ class BinaryStore:
     async def put(self, content: bytes, session=None) -> object:
         return await self._bucket.upload_from_stream("content", content, session=session)
 
-    async def stream(self, file_id: object) -> AsyncIterator[bytes]:
-        grid_out = await self._bucket.open_download_stream(file_id)
+    async def stream(self, file_id: object, session=None) -> AsyncIterator[bytes]:
+        grid_out = await self._bucket.open_download_stream(file_id, session=session)
         try:
             while True:
                 chunk = await grid_out.readchunk()

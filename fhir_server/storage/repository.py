@@ -12,8 +12,10 @@ When a transaction session is given (transaction Bundles), the same steps run in
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
@@ -45,6 +47,17 @@ from fhir_server.storage.documents import (
 )
 
 MAX_WRITE_ATTEMPTS = 64
+
+
+class NoTransactions(Exception):
+    """An atomic unit of work was asked of an engine without multi-document transactions."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """An open unit of work; `session` is what repository calls take (None: no transaction)."""
+
+    session: AsyncClientSession | None
 IndexFields = Callable[[dict], dict]
 IndexSpecs = Callable[[str], list[IndexModel]]
 
@@ -78,8 +91,10 @@ class Repository:
         binaries: BinaryStore,
         index_fields: IndexFields = _no_index_fields,
         index_specs: IndexSpecs = _no_index_specs,
+        transactions: bool = False,
     ) -> None:
         self.client = client
+        self.transactions = transactions
         self.db = db
         self.types = types
         self.binaries = binaries
@@ -99,6 +114,24 @@ class Repository:
                                              *self._index_specs(t)])
         await self.binaries.ensure_indexes()
 
+    # ---- units of work ------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def unit(self, *, atomic: bool = True) -> AsyncIterator[Unit]:
+        """A unit of work: every repository call given its `session` belongs to one MongoDB
+        multi-document transaction, committed when the block ends and aborted if it raises.
+
+        `atomic=False` accepts running without one on an engine that has none (each write is then
+        atomic on its own); `atomic=True` there raises `NoTransactions` before anything is done."""
+        if not self.transactions:
+            if atomic:
+                raise NoTransactions("this engine has no multi-document transactions")
+            yield Unit(None)
+            return
+        async with self.client.start_session() as session:
+            async with await session.start_transaction():
+                yield Unit(session)
+
     # ---- reads -------------------------------------------------------------------------------
 
     async def read(self, rtype: str, rid: str, session: AsyncClientSession | None = None) -> Version | None:
@@ -112,8 +145,9 @@ class Repository:
         )
         return Version.from_history(rtype, doc) if doc is not None else None
 
-    async def vread(self, rtype: str, rid: str, version: int) -> Version | None:
-        doc = await self._history[rtype].find_one({F_ID: history_id(rid, version)})
+    async def vread(self, rtype: str, rid: str, version: int, session: AsyncClientSession | None = None
+                    ) -> Version | None:
+        doc = await self._history[rtype].find_one({F_ID: history_id(rid, version)}, session=session)
         return Version.from_history(rtype, doc) if doc is not None else None
 
     async def history(
@@ -124,6 +158,7 @@ class Repository:
         since: datetime | None = None,
         before: tuple[datetime, str] | None = None,
         count: int,
+        session: AsyncClientSession | None = None,
     ) -> list[Version]:
         """Versions newest first; `before` is the (lastUpdated, history _id) keyset cursor."""
         query: dict = {}
@@ -135,12 +170,12 @@ class Repository:
             lu, hid = before
             query["$or"] = [{F_UPDATED: {"$lt": lu}}, {F_UPDATED: lu, F_ID: {"$lt": hid}}]
         sort = [(F_UPDATED, DESCENDING), (F_ID, DESCENDING)]
-        cursor = self._history[rtype].find(query, sort=sort, limit=count)
+        cursor = self._history[rtype].find(query, sort=sort, limit=count, session=session)
         return [Version.from_history(rtype, d) async for d in cursor]
 
     async def find_page(
         self, rtype: str, flt: dict, sort: list[tuple[str, int]], limit: int, after: list | None = None,
-        docs: dict | None = None,
+        docs: dict | None = None, session: AsyncClientSession | None = None,
     ) -> list[tuple[Version, list]]:
         """One page of a search: (version, keyset position) pairs in `sort` order (storage/keyset.py).
 
@@ -148,7 +183,7 @@ class Repository:
         _include can follow references without reading the page again."""
         if after is not None:
             flt = {"$and": [flt, keyset.after(sort, after)]} if flt else keyset.after(sort, after)
-        cursor = self._current[rtype].find(flt, sort=sort, limit=limit)
+        cursor = self._current[rtype].find(flt, sort=sort, limit=limit, session=session)
         out = []
         async for d in cursor:
             if docs is not None:
@@ -156,22 +191,24 @@ class Repository:
             out.append((Version.from_current(rtype, d), keyset.position(d, sort)))
         return out
 
-    async def find_docs(self, rtype: str, flt: dict, limit: int) -> list[tuple[Version, dict]]:
+    async def find_docs(self, rtype: str, flt: dict, limit: int, session: AsyncClientSession | None = None
+                        ) -> list[tuple[Version, dict]]:
         """Matching current versions with their index fields (for _include/_revinclude)."""
-        cursor = self._current[rtype].find(flt, sort=[(F_ID, ASCENDING)], limit=limit)
+        cursor = self._current[rtype].find(flt, sort=[(F_ID, ASCENDING)], limit=limit, session=session)
         return [(Version.from_current(rtype, d), d) async for d in cursor]
 
-    async def find_values(self, rtype: str, flt: dict, field: str, limit: int) -> list:
+    async def find_values(self, rtype: str, flt: dict, field: str, limit: int,
+                          session: AsyncClientSession | None = None) -> list:
         """Distinct values of `field` (arrays flattened) over matching current versions (chains, _has)."""
         out: dict = {}
-        cursor = self._current[rtype].find(flt, projection={field: 1}, limit=limit)
+        cursor = self._current[rtype].find(flt, projection={field: 1}, limit=limit, session=session)
         async for doc in cursor:
             for value in keyset.values(doc, field):
                 out[value] = None
         return list(out)
 
-    async def count(self, rtype: str, flt: dict) -> int:
-        return await self._current[rtype].count_documents(flt)
+    async def count(self, rtype: str, flt: dict, session: AsyncClientSession | None = None) -> int:
+        return await self._current[rtype].count_documents(flt, session=session)
 
     async def reindex(self, rtype: str, batch: int = 500) -> int:
         """Recompute the search index fields of every current version (after search definitions

@@ -125,8 +125,6 @@ MEMBERS = [
                                                                      "type": "seealso"}]}),
     ("DocumentReference", {"resourceType": "DocumentReference", "subject": {"reference": f"Patient/{P}"}}),
     ("DocumentReference", {"resourceType": "DocumentReference", "author": [{"reference": f"Patient/{P}"}]}),
-    ("DocumentReference", {"resourceType": "DocumentReference",
-                           "subject": {"reference": f"https://x.example/fhir/Patient/{P}"}}),
     ("DocumentReference", {"resourceType": "DocumentReference", "subject": {"reference": f"Patient/{P}/_history/2"}}),
     ("Consent", {"resourceType": "Consent", "patient": {"reference": f"Patient/{P}"}}),
     ("Provenance", {"resourceType": "Provenance", "target": [{"reference": "DocumentReference/d"},
@@ -138,6 +136,10 @@ MEMBERS = [
     ("Binary", {"resourceType": "Binary", "securityContext": {"reference": f"Patient/{P}"}}),
 ]
 NON_MEMBERS = [
+    # another server's patient who happens to have the same id: compartment membership is for local
+    # references only, as in searches (`subject=Patient/p1` does not match it either)
+    ("DocumentReference", {"resourceType": "DocumentReference",
+                           "subject": {"reference": f"https://x.example/fhir/Patient/{P}"}}),
     ("Patient", {"resourceType": "Patient", "id": "p10"}),
     ("DocumentReference", {"resourceType": "DocumentReference", "subject": {"reference": f"Patient/{P}0"}}),
     ("DocumentReference", {"resourceType": "DocumentReference", "subject": {"reference": f"Group/{P}"}}),

@@ -41,7 +41,9 @@ def test_registry_covers_our_types():
         params = params_for(rtype)
         for code in ("_id", "_lastUpdated", "_tag", "_profile", "_security", "_source"):
             assert code in params
-    assert set(params_for("Binary")) == {"_id", "_lastUpdated", "_tag", "_profile", "_security", "_source"}
+    # R4 defines no Binary parameter of its own; this server adds `securitycontext` (whose data it is)
+    assert set(params_for("Binary")) == {"_id", "_lastUpdated", "_tag", "_profile", "_security", "_source",
+                                         "securitycontext"}
     assert params_for("Observation") == {}
     p = params_for("Patient")
     assert p["family"].type == "string" and p["family"].expression == "Patient.name.family"

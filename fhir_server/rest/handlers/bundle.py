@@ -2,8 +2,8 @@
 
 Every entry is parsed into an Interaction and runs through the same dispatcher as a direct HTTP
 request, so each entry gets its own access decision. A transaction runs inside one MongoDB
-multi-document transaction; on an engine without them we refuse it up front instead of applying
-half of it.
+unit of work (a MongoDB multi-document transaction, records.unit()); on an engine without them we
+refuse it up front instead of applying half of it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from fhir_server.fhir.outcome import FhirError
 from fhir_server.fhir.types import URN_UUID_RE
 from fhir_server.fhir.validation import structural_issues
 from fhir_server.rest.context import RequestContext
+from fhir_server.rest.handlers import conditional
 from fhir_server.rest.handlers.common import materialize, resource_body
 from fhir_server.rest.interaction import BUNDLE, CREATE, Interaction, parse
 from fhir_server.rest.result import Result, entry_response, error_result
@@ -116,20 +117,18 @@ async def _transaction(ctx: RequestContext, ix: Interaction, entries: list, disp
     _assign_ids(entries, parsed)
     order = sorted(range(len(parsed)), key=lambda i: _ORDER.get(parsed[i].method, 9))
     results: list[dict | None] = [None] * len(parsed)
-    client = ctx.repo.client
-    async with client.start_session() as session:
-        async with await session.start_transaction():
-            tctx = ctx.in_transaction(session)
-            for i in order:
-                result = await dispatch(tctx, parsed[i])
-                if result.status >= 400:
-                    raise FhirError(result.status, result.resource["issue"][0]["code"],
-                                    f"entry {i} failed: {result.resource['issue'][0]['diagnostics']}",
-                                    [f"Bundle.entry[{i}]"])
-                await materialize(result)
-                body = result.fragment()
-                results[i] = {**({"resource": body} if body is not None else {}),
-                              "response": entry_response(result, result.headers.get("Location"))}
+    async with ctx.data.unit() as unit:
+        tctx = ctx.in_unit(unit)
+        for i in order:
+            result = await dispatch(tctx, parsed[i])
+            if result.status >= 400:
+                raise FhirError(result.status, result.resource["issue"][0]["code"],
+                                f"entry {i} failed: {result.resource['issue'][0]['diagnostics']}",
+                                [f"Bundle.entry[{i}]"])
+            await materialize(result)
+            body = result.fragment()
+            results[i] = {**({"resource": body} if body is not None else {}),
+                          "response": entry_response(result, result.headers.get("Location"))}
     return Result(status=200, resource={"resourceType": "Bundle", "type": "transaction-response", "entry": results})
 
 
@@ -137,8 +136,6 @@ async def _resolve_conditional_creates(ctx: RequestContext, entries: list, parse
     """A POST with ifNoneExist that matches an existing resource: references to its urn:uuid must
     point at that resource, so resolve the condition before ids are assigned
     (https://hl7.org/fhir/R4/http.html#trules)."""
-    from fhir_server.rest.handlers import conditional
-
     for entry, eix in zip(entries, parsed):
         if eix.kind == CREATE and eix.header("if-none-exist"):
             found = await conditional.matches(ctx, eix, parse_qsl(eix.header("if-none-exist").lstrip("?")), 2)

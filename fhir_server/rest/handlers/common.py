@@ -118,7 +118,7 @@ async def binary_json_stream(ctx: RequestContext, v: Version):
     stored = v.json or b"{}"
     yield stored[:-1] + (b',"data":"' if len(stored) > 2 else b'"data":"')
     carry = b""
-    async for chunk in ctx.repo.binaries.stream(v.binary_file):
+    async for chunk in ctx.data.binary_content(v):
         chunk = carry + chunk
         cut = len(chunk) - len(chunk) % 3
         carry = chunk[cut:]

@@ -6,15 +6,14 @@ skips an entry while others write.
 
 from __future__ import annotations
 
-import heapq
 from datetime import datetime, timezone
 from urllib.parse import urlencode
 
-from fhir_server.fhir.outcome import FhirError, not_found
+from fhir_server.fhir.outcome import FhirError
 from fhir_server.rest.context import RequestContext
 from fhir_server.rest.handlers.common import materialize, set_version_body
 from fhir_server.rest.interaction import HISTORY_INSTANCE, HISTORY_SYSTEM, Interaction
-from fhir_server.rest.paging import decode_cursor, encode_cursor, page_size
+from fhir_server.rest.paging import binding, decode_cursor, encode_cursor, page_size
 from fhir_server.rest.result import Result
 from fhir_server.storage.documents import OP_CREATE, OP_DELETE, Version, fhir_instant, history_id
 
@@ -35,7 +34,7 @@ def _since(raw: str | None) -> datetime | None:
 
 
 async def history(ctx: RequestContext, ix: Interaction) -> Result:
-    s = ctx.services.settings
+    s = ctx.settings
     count = page_size(ix.param("_count"), s.default_page_size, s.max_page_size)
     since = _since(ix.param("_since"))
     for name, _ in ix.params:
@@ -43,7 +42,10 @@ async def history(ctx: RequestContext, ix: Interaction) -> Result:
             raise FhirError(400, "not-supported", f"history does not support the parameter '{name}'", [name])
     if ix.param("_at") is not None:
         raise FhirError(400, "not-supported", "_at is not supported yet", ["_at"])
-    cursor = decode_cursor(ix.param("_cursor")) if ix.param("_cursor") else None
+    path = {HISTORY_SYSTEM: "_history", HISTORY_INSTANCE: f"{ix.type}/{ix.id}/_history"}.get(ix.kind,
+                                                                                           f"{ix.type}/_history")
+    bound = binding(ctx.principal, path)
+    cursor = decode_cursor(ix.param("_cursor"), ctx.cursor_key, bound) if ix.param("_cursor") else None
     before = None
     if cursor is not None:
         try:
@@ -51,27 +53,22 @@ async def history(ctx: RequestContext, ix: Interaction) -> Result:
         except (IndexError, TypeError, ValueError, OverflowError):
             raise FhirError(400, "value", "the paging cursor is invalid or expired")
 
-    if ix.kind == HISTORY_INSTANCE:
-        if await ctx.repo.latest(ix.type, ix.id) is None:
-            raise not_found(ix.type, ix.id)
-    types = ctx.repo.types if ix.kind == HISTORY_SYSTEM else (ix.type,)
-    versions = await _page(ctx, types, ix.id, since, before, count + 1) if count else []
-    has_more = len(versions) > count
-    versions = versions[:count]
-    versions = [v for v in versions if v.deleted or ctx.services.access.may_see(ctx.principal, v.type, v.json)]
+    rtype = None if ix.kind == HISTORY_SYSTEM else ix.type
+    page = await ctx.data.history(rtype, ix.id if ix.kind == HISTORY_INSTANCE else None, since=since,
+                                  before=before, count=count)
+    versions = page.versions
 
-    path = {HISTORY_SYSTEM: "_history", HISTORY_INSTANCE: f"{ix.type}/{ix.id}/_history"}.get(ix.kind,
-                                                                                           f"{ix.type}/_history")
     base_params = [(k, v) for k, v in (("_count", str(count)), ("_since", ix.param("_since"))) if v is not None]
     links = [{"relation": "self", "url": _url(ctx, path, base_params + _cursor_param(ix))}]
-    if has_more and versions:
+    if page.has_more and versions:
         last = versions[-1]
-        token = encode_cursor([int(last.last_updated.timestamp() * 1000), last.type, history_id(last.id, last.version)])
+        token = encode_cursor([int(last.last_updated.timestamp() * 1000), last.type,
+                               history_id(last.id, last.version)], ctx.cursor_key, bound)
         links.append({"relation": "next", "url": _url(ctx, path, base_params + [("_cursor", token)])})
     entries = [await _entry(ctx, v) for v in versions]
     bundle: dict = {"resourceType": "Bundle", "type": "history", "link": links, "entry": entries}
     if ix.kind == HISTORY_INSTANCE and cursor is None and since is None:
-        bundle["total"] = await _instance_total(ctx, ix)
+        bundle["total"] = page.total
     if not entries:
         del bundle["entry"]
     return Result(status=200, resource=bundle)
@@ -84,35 +81,6 @@ def _cursor_param(ix: Interaction) -> list[tuple[str, str]]:
 
 def _url(ctx: RequestContext, path: str, params: list[tuple[str, str]]) -> str:
     return ctx.url(path) + (("?" + urlencode(params)) if params else "")
-
-
-async def _instance_total(ctx: RequestContext, ix: Interaction) -> int:
-    latest = await ctx.repo.latest(ix.type, ix.id)
-    return latest.version if latest is not None else 0
-
-
-async def _page(ctx: RequestContext, types, rid, since, before, limit) -> list[Version]:
-    """Merge the newest `limit` versions of each type's history into one newest-first list."""
-    per_type = []
-    for t in types:
-        type_before = None
-        if before is not None:
-            lu, cursor_type, hid = before
-            if t == cursor_type:
-                type_before = (lu, hid)
-            elif t < cursor_type:  # sorts below the cursor at equal time: all of that instant remains
-                type_before = (lu, "\uffff")
-            else:
-                type_before = (lu, "")
-        per_type.append(await ctx.repo.history(t, rid=rid, since=since, before=type_before, count=limit))
-    key = lambda v: (v.last_updated, v.type, history_id(v.id, v.version))  # noqa: E731
-    merged = heapq.merge(*per_type, key=key, reverse=True)
-    out = []
-    for v in merged:
-        out.append(v)
-        if len(out) >= limit:
-            break
-    return out
 
 
 async def _entry(ctx: RequestContext, v: Version) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jsonpatch
 import orjson
 
-from fhir_server.fhir.outcome import FhirError, gone, not_found
+from fhir_server.fhir.outcome import FhirError
 from fhir_server.fhir.validation import validate_resource
 from fhir_server.rest.context import RequestContext
 from fhir_server.rest.handlers import conditional
@@ -17,8 +17,7 @@ from fhir_server.rest.formats import JSON_PATCH, media_type
 from fhir_server.rest.handlers.common import if_match_version, write_result
 from fhir_server.rest.interaction import Interaction
 from fhir_server.rest.result import Result
-from fhir_server.storage.repository import MAX_WRITE_ATTEMPTS
-
+from fhir_server.storage.documents import Version
 
 
 def _operations(ix: Interaction) -> list:
@@ -63,14 +62,8 @@ async def patch(ctx: RequestContext, ix: Interaction) -> Result:
     if_match = if_match_version(ix)
     if ix.type == "Binary":
         raise FhirError(405, "not-supported", "Binary cannot be patched; update it instead")
-    for _ in range(MAX_WRITE_ATTEMPTS):  # each lost race means another writer made progress
-        current = await ctx.repo.read(ix.type, ix.id, session=ctx.session)
-        if current is None:
-            latest = await ctx.repo.latest(ix.type, ix.id, session=ctx.session)
-            raise gone(ix.type, ix.id) if latest is not None and latest.deleted else not_found(ix.type, ix.id)
-        if if_match is not None and if_match != current.version:
-            raise FhirError(412, "conflict", f"If-Match expected version {if_match} but {ix.type}/{ix.id} is at "
-                                             f"version {current.version}")
+
+    def apply(current: Version) -> dict:
         try:
             patched = compiled.apply(orjson.loads(current.json))
         except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError, IndexError) as exc:
@@ -78,11 +71,7 @@ async def patch(ctx: RequestContext, ix: Interaction) -> Result:
         if not isinstance(patched, dict) or patched.get("resourceType") != ix.type or patched.get("id") != ix.id:
             raise FhirError(422, "processing", "a patch may not change resourceType or id")
         validate_resource(patched, expected_type=ix.type)
-        try:
-            v, _ = await ctx.repo.update(ix.type, ix.id, patched, if_match=current.version, session=ctx.session)
-        except FhirError as exc:
-            if exc.status == 412 and if_match is None and ctx.session is None:
-                continue  # someone updated in between: re-apply the patch on their version
-            raise
-        return write_result(ctx, ix, v, 200, f"patched {v.type}/{v.id} to version {v.version}")
-    raise FhirError(409, "conflict", f"{ix.type}/{ix.id} is being updated concurrently; try again")
+        return patched
+
+    v = await ctx.data.patch(ix.type, ix.id, apply, if_match=if_match)
+    return write_result(ctx, ix, v, 200, f"patched {v.type}/{v.id} to version {v.version}")

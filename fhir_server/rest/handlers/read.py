@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 from email.utils import parsedate_to_datetime
 
 import orjson
 
-from fhir_server.fhir.outcome import FhirError, gone, not_found
+from fhir_server.fhir.outcome import not_found
 from fhir_server.rest.context import RequestContext
 from fhir_server.rest.formats import accepts_fhir
 from fhir_server.rest.handlers.common import set_version_body
@@ -16,37 +17,20 @@ from fhir_server.storage.documents import Version
 
 
 async def read(ctx: RequestContext, ix: Interaction) -> Result:
-    v = await ctx.repo.read(ix.type, ix.id, session=ctx.session)
-    if v is None:
-        latest = await ctx.repo.latest(ix.type, ix.id, session=ctx.session)
-        if latest is not None and latest.deleted:
-            err = gone(ix.type, ix.id)
-            err.headers.update(version_headers(latest))
-            raise err
-        raise not_found(ix.type, ix.id)
-    if not ctx.services.access.may_see(ctx.principal, ix.type, v.json):
-        raise not_found(ix.type, ix.id)  # never confirm existence to someone who may not see it
+    v = await ctx.data.read(ix.type, ix.id)
     if _not_modified(ix, v):
         return Result(status=304, headers=version_headers(v), version=v)
-    return await _version_result(ctx, ix, v)
+    return _version_result(ctx, ix, v)
 
 
 async def vread(ctx: RequestContext, ix: Interaction) -> Result:
     if not ix.vid.isdigit():
         raise not_found(ix.type, f"{ix.id}/_history/{ix.vid}")
-    v = await ctx.repo.vread(ix.type, ix.id, int(ix.vid))
-    if v is None:
-        raise FhirError(404, "not-found", f"{ix.type}/{ix.id} has no version {ix.vid}")
-    if v.deleted:
-        err = FhirError(410, "deleted", f"version {ix.vid} of {ix.type}/{ix.id} is a deletion")
-        err.headers.update(version_headers(v))
-        raise err
-    if not ctx.services.access.may_see(ctx.principal, ix.type, v.json):
-        raise FhirError(404, "not-found", f"{ix.type}/{ix.id} has no version {ix.vid}")
-    return await _version_result(ctx, ix, v)
+    v = await ctx.data.vread(ix.type, ix.id, int(ix.vid))
+    return _version_result(ctx, ix, v)
 
 
-async def _version_result(ctx: RequestContext, ix: Interaction, v: Version) -> Result:
+def _version_result(ctx: RequestContext, ix: Interaction, v: Version) -> Result:
     result = Result(status=200, headers=version_headers(v), version=v)
     if v.type == "Binary" and not ctx.in_bundle and not accepts_fhir(ix.param("_format"), ix.header("accept")):
         return _raw_binary(ctx, v, result)
@@ -59,10 +43,8 @@ def _raw_binary(ctx: RequestContext, v: Version, result: Result) -> Result:
     meta = orjson.loads(v.json)
     result.media_type = meta.get("contentType") or "application/octet-stream"
     if v.binary_file is not None:
-        result.stream = ctx.repo.binaries.stream(v.binary_file)
+        result.stream = ctx.data.binary_content(v)
     else:
-        import base64
-
         data = meta.get("data")
         result.stream = _once(base64.b64decode(data) if data else b"")
     return result

@@ -46,9 +46,7 @@ async def validate(ctx: RequestContext, ix: Interaction) -> Result:
     if mode is not None and mode not in MODES:
         raise FhirError(400, "value", f"mode must be one of {', '.join(MODES)}")
     if ix.id is not None:
-        current = await ctx.repo.read(ix.type, ix.id)
-        if current is None:
-            raise FhirError(404, "not-found", f"{ix.type}/{ix.id} is not known")
+        current = await ctx.data.read(ix.type, ix.id)
         if mode == "delete":
             return _ok("the resource can be deleted")
         if resource is None:

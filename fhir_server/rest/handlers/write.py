@@ -44,7 +44,7 @@ async def create(ctx: RequestContext, ix: Interaction) -> Result:
             return existing
     resource.pop("id", None)  # the server assigns ids on create (R4 http.html#create)
     # ix.id is only ever set by a transaction that pre-assigned it for urn:uuid rewriting
-    v = await ctx.repo.create(ix.type, resource, content=content, rid=ix.id, session=ctx.session)
+    v = await ctx.data.create(ix.type, resource, content=content, rid=ix.id)
     return write_result(ctx, ix, v, 201, f"created {v.type}/{v.id} version {v.version}")
 
 
@@ -58,8 +58,7 @@ async def update(ctx: RequestContext, ix: Interaction) -> Result:
     if body_id is not None and body_id != ix.id:
         raise FhirError(400, "invalid", f"resource id '{body_id}' does not match the URL id '{ix.id}'",
                         [f"{ix.type}.id"])
-    v, created = await ctx.repo.update(ix.type, ix.id, resource, if_match=if_match_version(ix), content=content,
-                                       session=ctx.session)
+    v, created = await ctx.data.update(ix.type, ix.id, resource, if_match=if_match_version(ix), content=content)
     status = 201 if created else 200
     return write_result(ctx, ix, v, status, f"{'created' if created else 'updated'} {v.type}/{v.id} version {v.version}")
 
@@ -67,7 +66,7 @@ async def update(ctx: RequestContext, ix: Interaction) -> Result:
 async def delete(ctx: RequestContext, ix: Interaction) -> Result:
     if ix.id is None:
         return await conditional.delete(ctx, ix)
-    v = await ctx.repo.delete(ix.type, ix.id, if_match=if_match_version(ix), session=ctx.session)
+    v = await ctx.data.delete(ix.type, ix.id, if_match=if_match_version(ix))
     headers = {"ETag": v.etag} if v is not None else {}
     message = f"deleted {ix.type}/{ix.id}" if v is not None else f"{ix.type}/{ix.id} did not exist; nothing deleted"
     if prefer(ix, "return") == "OperationOutcome":

@@ -1,0 +1,71 @@
+"""The composition root: the one place that wires storage, the decision point, policies, hooks
+and the authorization server together. Used by the web app (rest/app.py) and the CLI, so both
+see the same repository layout and indexes; tests inject policies and hooks through
+`create_app(settings, policies=…, hooks=…)`.
+
+Where future concerns plug in (docs/decisions.md, "The request path"): patient consent and
+break-glass are `Policy` objects handed to the `AccessDecisionPoint`; audit and provenance are
+`Hook` objects handed to `Hooks`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from fhir_server.access.decision import AccessDecisionPoint, Policy
+from fhir_server.access.patients import PatientPicker
+from fhir_server.auth.server import AuthServer
+from fhir_server.config import Settings
+from fhir_server.engine.capabilities import EngineCapabilities, detect
+from fhir_server.fhir.types import SUPPORTED_TYPES
+from fhir_server.records.hooks import Hook, Hooks
+from fhir_server.search.extract import index_fields, index_specs
+from fhir_server.storage.binaries import BinaryStore
+from fhir_server.storage.repository import Repository
+from fhir_server.storage.secrets import shared_secret
+
+
+@dataclass(slots=True)
+class Services:
+    """What one server process holds for its whole life."""
+
+    settings: Settings
+    repository: Repository
+    engine: EngineCapabilities
+    access: AccessDecisionPoint
+    hooks: Hooks
+    cursor_key: bytes
+    auth: AuthServer | None = None
+
+    async def ping(self) -> None:
+        await self.repository.client.admin.command("ping")
+
+
+def connect(settings: Settings, uri: str | None = None, **options) -> AsyncMongoClient:
+    """The driver client, with the options every part of the server relies on."""
+    target = uri or (settings.mongodb_uri.get_secret_value() if settings.mongodb_uri else None)
+    if target is None:
+        raise RuntimeError("FHIR_MONGODB_URI is not set (the CLI sets it when it starts the embedded engine)")
+    return AsyncMongoClient(target, tz_aware=True, uuidRepresentation="standard", **options)
+
+
+def repository(client: AsyncMongoClient, db: AsyncDatabase, transactions: bool = False) -> Repository:
+    """The resource repository with the search index extraction of fhir_server/search."""
+    return Repository(client, db, SUPPORTED_TYPES, BinaryStore(db), index_fields=index_fields,
+                      index_specs=index_specs, transactions=transactions)
+
+
+async def build(settings: Settings, client: AsyncMongoClient, *, policies: Sequence[Policy] = (),
+                hooks: Sequence[Hook] = ()) -> Services:
+    db = client[settings.database]
+    engine = await detect(client, settings.database)
+    repo = repository(client, db, engine.transactions)
+    await repo.ensure_indexes()
+    auth = AuthServer(settings, db, PatientPicker(repo))
+    await auth.start()
+    return Services(settings, repo, engine, AccessDecisionPoint(policies), Hooks(hooks),
+                    await shared_secret(db, "cursor-key"), auth)

@@ -1,0 +1,48 @@
+"""FHIR interactions as data: their kinds and one parsed request, however it arrived.
+
+Below both the REST layer (which parses HTTP and Bundle entries into an `Interaction`,
+rest/interaction.py) and the access layer (which decides on interaction kinds), so neither has to
+import the other. Kinds follow the R4 RESTful API (https://hl7.org/fhir/R4/http.html).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+CAPABILITIES = "capabilities"
+READ, VREAD, UPDATE, PATCH, DELETE, CREATE = "read", "vread", "update", "patch", "delete", "create"
+SEARCH_TYPE, SEARCH_SYSTEM = "search-type", "search-system"
+HISTORY_INSTANCE, HISTORY_TYPE, HISTORY_SYSTEM = "history-instance", "history-type", "history-system"
+BUNDLE = "batch/transaction"
+OPERATION = "operation"
+
+WRITES = frozenset({UPDATE, PATCH, DELETE, CREATE})
+
+
+@dataclass(slots=True)
+class Interaction:
+    kind: str
+    method: str
+    type: str | None = None
+    id: str | None = None
+    vid: str | None = None
+    operation: str | None = None  # e.g. "validate" for $validate
+    params: list[tuple[str, str]] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)  # lower-case names
+    body: bytes | None = None
+    resource: dict | None = None  # already-parsed body (Bundle entries)
+    compartment: str | None = None  # Patient id of a compartment search (Patient/123/DocumentReference)
+    existing: object | None = None  # a transaction's conditional create that matched this Version
+
+    def param(self, name: str) -> str | None:
+        for k, v in self.params:
+            if k == name:
+                return v
+        return None
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+    def path_for_links(self) -> str:
+        """The search path, relative to the base, as paging links must repeat it."""
+        return f"Patient/{self.compartment}/{self.type}" if self.compartment else (self.type or "")

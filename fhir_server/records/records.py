@@ -1,0 +1,315 @@
+"""`Records`: one interaction's handle on stored data, with access control on every call.
+
+Handlers (fhir_server/rest/handlers/) hold a `Records` and nothing else that reaches data. Each
+method asks the interaction's `Access` (access/decision.py) for its own permission, puts the
+access filter into the database query and count, checks each resource it is about to return or
+store (a second line of defence, on the resource *as stored*), and reports to the hooks what it
+disclosed and wrote. Storage errors and permissions become FhirErrors with the statuses of
+https://hl7.org/fhir/R4/http.html; a caller who may not see a resource learns nothing of it (404,
+whether it exists, was deleted, or had another version).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import orjson
+
+from fhir_server.access.decision import Access, Effect
+from fhir_server.fhir.outcome import FhirError, gone, not_found
+from fhir_server.records.hooks import Event, Hooks
+from fhir_server.records import search
+from fhir_server.records.search import SearchPage
+from fhir_server.storage.documents import Version, history_id
+from fhir_server.storage.repository import MAX_WRITE_ATTEMPTS, Repository, Unit
+
+
+def forbidden(reason: str) -> FhirError:
+    return FhirError(403, "forbidden", reason)
+
+
+def _denied(perm: str, rtype: str | None, reason: str) -> FhirError:
+    what = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}[perm]
+    return forbidden(reason or f"the token's scopes do not permit {what} on {rtype or 'the system'}")
+
+
+@dataclass(slots=True)
+class HistoryPage:
+    versions: list[Version]
+    has_more: bool
+    total: int | None = None  # instance history: the number of versions
+
+
+class Records:
+    """The data handle of one interaction. Cheap to build: one per interaction, Bundle entries included."""
+
+    __slots__ = ("repo", "access", "hooks", "event", "unit_", "base_url")
+
+    def __init__(self, repo: Repository, access: Access, hooks: Hooks, event: Event, unit: Unit | None,
+                 base_url: str) -> None:
+        self.repo = repo
+        self.access = access
+        self.hooks = hooks
+        self.event = event
+        self.unit_ = unit
+        self.base_url = base_url
+
+    @property
+    def _session(self):
+        return self.unit_.session if self.unit_ is not None else None
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        return self.repo.types
+
+    @property
+    def in_unit(self) -> bool:
+        return self.unit_ is not None and self.unit_.session is not None
+
+    # --- permissions -----------------------------------------------------------------------------
+
+    def require(self, perm: str, rtype: str | None) -> None:
+        """403 unless `perm` on `rtype` may be used at all (for operations that only check)."""
+        decision = self.access.decide(perm, rtype)
+        if decision.effect is Effect.DENY:
+            raise _denied(perm, rtype, decision.reason)
+
+    def _sees(self, perm: str, v: Version | None) -> bool:
+        return v is not None and v.json is not None and self.access.may_read(perm, v.type, v.json)
+
+    async def _last_content(self, rtype: str, rid: str) -> tuple[Version | None, Version | None]:
+        """(current version, or the last one with content before a deletion; the newest history entry)."""
+        v = await self.repo.read(rtype, rid, session=self._session)
+        if v is not None:
+            return v, v
+        latest = await self.repo.latest(rtype, rid, session=self._session)
+        if latest is None or latest.version <= 1:
+            return None, latest
+        return await self.repo.vread(rtype, rid, latest.version - 1, session=self._session), latest
+
+    def _fast(self, perm: str, rtype: str) -> bool:
+        """No per-resource question can fail: skip reading what only a check would need."""
+        return self.access.decide(perm, rtype).effect is Effect.PERMIT and self.access.filter(perm, rtype) == {}
+
+    async def _disclose(self, versions: list[Version]) -> list[Version]:
+        await self.hooks.disclosed(self.event, versions)
+        return versions
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    async def read(self, rtype: str, rid: str) -> Version:
+        """The current version; 410 for a deleted resource the caller could see, 404 otherwise."""
+        self.require("r", rtype)
+        v = await self.repo.read(rtype, rid, session=self._session)
+        if v is None:
+            latest = await self.repo.latest(rtype, rid, session=self._session)
+            if latest is not None and latest.deleted and (self._fast("r", rtype) or self._sees(
+                    "r", await self.repo.vread(rtype, rid, latest.version - 1, session=self._session))):
+                err = gone(rtype, rid)
+                err.headers.update(_version_headers(latest))
+                raise err
+            raise not_found(rtype, rid)
+        if not self.access.may_read("r", rtype, v.json):
+            raise not_found(rtype, rid)  # never confirm existence to someone who may not see it
+        await self._disclose([v])
+        return v
+
+    async def vread(self, rtype: str, rid: str, vid: int) -> Version:
+        """One version, if the caller may see the resource as it is now *and* that version (a
+        document moved from A's record to B's is not A's to read any more, not even its past)."""
+        self.require("r", rtype)
+        missing = FhirError(404, "not-found", f"{rtype}/{rid} has no version {vid}")
+        v = await self.repo.vread(rtype, rid, vid, session=self._session)
+        if v is None:
+            raise missing
+        if not self._fast("r", rtype):
+            now, _ = await self._last_content(rtype, rid)
+            if not self._sees("r", now):
+                raise missing
+        if v.deleted:
+            err = FhirError(410, "deleted", f"version {vid} of {rtype}/{rid} is a deletion")
+            err.headers.update(_version_headers(v))
+            raise err
+        if not self.access.may_read("r", rtype, v.json):
+            raise missing
+        await self._disclose([v])
+        return v
+
+    async def latest(self, rtype: str, rid: str) -> Version | None:
+        """The newest history entry of a resource the caller may see (None otherwise)."""
+        self.require("r", rtype)
+        now, latest = await self._last_content(rtype, rid)
+        if latest is None or not (self._fast("r", rtype) or self._sees("r", now)):
+            return None
+        return latest
+
+    async def history(self, rtype: str | None, rid: str | None, *, since: datetime | None,
+                      before: tuple[datetime, str, str] | None, count: int) -> HistoryPage:
+        """Instance (`rid`), type or system (`rtype` None) history, newest first, `count` at most."""
+        if rid is not None:
+            assert rtype is not None
+            latest = await self.latest(rtype, rid)
+            if latest is None:
+                raise not_found(rtype, rid)
+            versions, more = await self._merged((rtype,), rid, since, before, count)
+            versions = [v for v in versions if v.deleted or self.access.may_read("r", rtype, v.json)]
+            return HistoryPage(await self._disclose(versions), more, latest.version)
+        types = (rtype,) if rtype is not None else self.repo.types
+        if rtype is None:
+            self.require("s", None)
+        allowed = []
+        for t in types:
+            decision = self.access.decide("s", t)
+            if decision.effect is Effect.DENY:
+                if rtype is not None:
+                    raise _denied("s", t, decision.reason)
+                continue
+            if decision.effect is Effect.FILTER:
+                # Delete tombstones carry no content to decide on: no filtered type or system history.
+                raise forbidden("type and system history are not available to tokens restricted to a patient "
+                                "or a granular scope; use instance history")
+            allowed.append(t)
+        versions, more = await self._merged(tuple(allowed), None, since, before, count)
+        return HistoryPage(await self._disclose(versions), more)
+
+    async def _merged(self, types: tuple[str, ...], rid: str | None, since, before, count: int
+                      ) -> tuple[list[Version], bool]:
+        """Merge the newest `count` (+1 to know if there is more) versions of each type's history."""
+        if not count:
+            return [], False
+        per_type = []
+        for t in types:
+            type_before = None
+            if before is not None:
+                lu, cursor_type, hid = before
+                if t == cursor_type:
+                    type_before = (lu, hid)
+                elif t < cursor_type:  # sorts below the cursor at equal time: all of that instant remains
+                    type_before = (lu, "\uffff")
+                else:
+                    type_before = (lu, "")
+            per_type.append(await self.repo.history(t, rid=rid, since=since, before=type_before, count=count + 1,
+                                                    session=self._session))
+        key: Callable[[Version], tuple] = lambda v: (v.last_updated, v.type, history_id(v.id, v.version))  # noqa: E731
+        out: list[Version] = []
+        for v in heapq.merge(*per_type, key=key, reverse=True):
+            out.append(v)
+            if len(out) > count:
+                break
+        return out[:count], len(out) > count
+
+    def binary_content(self, v: Version) -> AsyncIterator[bytes]:
+        """The GridFS content of a Binary version this handle already returned (checked then)."""
+        return self.repo.binaries.stream(v.binary_file, session=self._session)
+
+    # --- search ----------------------------------------------------------------------------------
+
+    async def search(self, rtype: str, query, *, compartment: str | None, sort: list, count: int,
+                     after: list | None, want_total: bool) -> SearchPage:
+        return await search.run(self, rtype, query, compartment=compartment, sort=sort, count=count,
+                                after=after, want_total=want_total)
+
+    async def includes(self, query, page: SearchPage) -> tuple[list[Version], bool]:
+        return await search.includes(self, query, page)
+
+    async def matching(self, rtype: str, query, limit: int) -> list[Version]:
+        """Resources matching conditional-interaction criteria (what a search would find)."""
+        return await search.matching(self, rtype, query, limit)
+
+    # --- writes ----------------------------------------------------------------------------------
+
+    def _check_write(self, perm: str, rtype: str, before: Version | None, after: dict | None) -> None:
+        old = orjson.loads(before.json) if before is not None and before.json is not None else None
+        problem = self.access.write_problem(perm, rtype, old, after)
+        if problem:
+            raise forbidden(problem)
+
+    async def _visible_before(self, perm: str, rtype: str, rid: str) -> Version | None:
+        """The current version a write replaces; 404 when the caller may not see it."""
+        before = await self.repo.read(rtype, rid, session=self._session)
+        if before is not None and not self.access.may_read(perm, rtype, before.json):
+            raise not_found(rtype, rid)
+        return before
+
+    async def create(self, rtype: str, resource: dict, *, content: bytes | None = None,
+                     rid: str | None = None) -> Version:
+        """Create with a new id (or `rid`, pre-assigned by a transaction); the check runs on the
+        resource with the id it will be stored under."""
+        self.require("c", rtype)
+        rid = rid or str(uuid.uuid4())
+        resource = {**resource, "id": rid}
+        self._check_write("c", rtype, None, resource)
+        v = await self.repo.create(rtype, resource, content=content, rid=rid, session=self._session)
+        await self.hooks.written(self.event, None, v)
+        return v
+
+    async def update(self, rtype: str, rid: str, resource: dict, *, if_match: int | None = None,
+                     content: bytes | None = None) -> tuple[Version, bool]:
+        """Update, or create with the client's id; (version, created)."""
+        self.require("u", rtype)
+        before = await self._visible_before("u", rtype, rid)
+        resource = {**resource, "id": rid}
+        self._check_write("u", rtype, before, resource)
+        v, created = await self.repo.update(rtype, rid, resource, if_match=if_match, content=content,
+                                            session=self._session)
+        await self.hooks.written(self.event, before, v)
+        return v, created
+
+    async def patch(self, rtype: str, rid: str, apply: Callable[[Version], dict], *,
+                    if_match: int | None = None) -> Version:
+        """Apply `apply(current) -> new resource` to the current version and store it, guarded by
+        the version patched: a concurrent update makes us re-apply on top of it, never lose it."""
+        self.require("u", rtype)
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            current = await self._visible_before("u", rtype, rid)
+            if current is None:
+                latest = await self.latest(rtype, rid)
+                raise gone(rtype, rid) if latest is not None and latest.deleted else not_found(rtype, rid)
+            if if_match is not None and if_match != current.version:
+                raise FhirError(412, "conflict", f"If-Match expected version {if_match} but {rtype}/{rid} is at "
+                                                 f"version {current.version}")
+            patched = apply(current)
+            self._check_write("u", rtype, current, patched)
+            try:
+                v, _ = await self.repo.update(rtype, rid, patched, if_match=current.version, session=self._session)
+            except FhirError as exc:
+                if exc.status == 412 and if_match is None and not self.in_unit:
+                    continue  # someone updated in between: re-apply the patch on their version
+                raise
+            await self.hooks.written(self.event, current, v)
+            return v
+        raise FhirError(409, "conflict", f"{rtype}/{rid} is being updated concurrently; try again")
+
+    async def delete(self, rtype: str, rid: str, *, if_match: int | None = None) -> Version | None:
+        """Write a tombstone; None when there was nothing to delete (delete is idempotent)."""
+        self.require("d", rtype)
+        before = await self._visible_before("d", rtype, rid)
+        if before is not None:
+            self._check_write("d", rtype, before, None)
+        v = await self.repo.delete(rtype, rid, if_match=if_match, session=self._session)
+        if v is not None:
+            await self.hooks.written(self.event, before, v)
+        return v
+
+    # --- units of work ---------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def unit(self, *, atomic: bool = True) -> AsyncIterator[Unit]:
+        """A unit of work for several interactions (a transaction Bundle, a conditional delete of
+        several matches). Inside one already, it is that one."""
+        if self.unit_ is not None:
+            yield self.unit_
+            return
+        async with self.repo.unit(atomic=atomic) as unit:
+            yield unit
+
+
+def _version_headers(v: Version) -> dict[str, str]:
+    from email.utils import format_datetime
+
+    return {"ETag": v.etag, "Last-Modified": format_datetime(v.last_updated, usegmt=True)}

@@ -1,0 +1,184 @@
+"""Search through the data handle: https://hl7.org/fhir/R4/search.html.
+
+A parsed query's chains and `_has` are resolved, then compiled to a MongoDB filter, to which the
+access filter is added for every type the search touches (the main type, each chain and `_has`
+target, every `_include` and `_revinclude` type, all with the search permission): totals, keyset
+pages and resolved references only ever see permitted resources, and each returned resource is
+checked again. Nothing here knows HTTP: the REST handler builds the Bundle and the links.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from fhir_server.access.filters import patient_compartment_filter, restrict
+from fhir_server.fhir.outcome import FhirError
+from fhir_server.search import mongo
+from fhir_server.search.parse import Include, SearchError, SearchQuery
+from fhir_server.search.registry import REFERENCE, field_name, params_for
+from fhir_server.storage import keyset
+from fhir_server.storage.documents import Version
+
+if TYPE_CHECKING:
+    from fhir_server.records.records import Records
+
+MAX_INCLUDED = 1000  # per page; beyond it the caller says so with an OperationOutcome entry
+MAX_RESOLVED = 10000  # references a chain or _has may resolve to
+ITERATE_ROUNDS = 3
+
+
+@dataclass(slots=True)
+class SearchPage:
+    matches: list[Version]
+    next_position: list | None
+    total: int | None
+    docs: dict = field(default_factory=dict)  # (type, id) -> stored document with index fields
+
+
+def _searchable(records: Records, rtype: str, what: str) -> dict:
+    flt = records.access.filter("s", rtype)
+    if flt is None:
+        raise FhirError(403, "forbidden", f"the token does not allow searching {rtype}{what}")
+    return flt
+
+
+async def matching_filter(records: Records, rtype: str, query: SearchQuery, compartment: str | None) -> dict:
+    """The full filter: criteria, compartment and the access filter of every type touched."""
+    session = records._session
+
+    async def find(target: str, flt: dict, fld: str) -> list:
+        access = _searchable(records, target, " (chained or _has search)")
+        return await records.repo.find_values(target, restrict(flt, access), fld, MAX_RESOLVED, session=session)
+
+    try:
+        resolved = await mongo.resolve(query, find, base_url=records.base_url)
+        flt = mongo.compile(query, resolved, base_url=records.base_url)
+    except SearchError as exc:
+        raise FhirError(400, "invalid", str(exc))
+    if compartment is not None:
+        cf = patient_compartment_filter(rtype, compartment)
+        if cf is None:
+            raise FhirError(400, "not-supported", f"{rtype} is not in the Patient compartment")
+        flt = restrict(flt, cf)
+    return restrict(flt, _searchable(records, rtype, ""))
+
+
+async def run(records: Records, rtype: str, query: SearchQuery, *, compartment: str | None, sort: list,
+              count: int, after: list | None, want_total: bool) -> SearchPage:
+    """One page (`count` matches at most, after the keyset position `after`) and the total."""
+    flt = await matching_filter(records, rtype, query, compartment)
+    session = records._session
+    total = await records.repo.count(rtype, flt, session=session) if want_total else None
+    page_docs: dict = {}
+    matches: list[Version] = []
+    next_position = None
+    if count:
+        page = await records.repo.find_page(rtype, flt, sort, count + 1, after, docs=page_docs, session=session)
+        if len(page) > count:
+            page = page[:count]
+            next_position = page[-1][1]
+        matches = [v for v, _ in page if records.access.may_read("s", v.type, v.json)]
+    await records._disclose(matches)
+    return SearchPage(matches, next_position, total, page_docs)
+
+
+async def matching(records: Records, rtype: str, query: SearchQuery, limit: int) -> list[Version]:
+    flt = await matching_filter(records, rtype, query, None)
+    page = await records.repo.find_page(rtype, flt, [("_id", 1)], limit, session=records._session)
+    return await records._disclose([v for v, _ in page if records.access.may_read("s", v.type, v.json)])
+
+
+async def includes(records: Records, query: SearchQuery, page: SearchPage) -> tuple[list[Version], bool]:
+    """_include and _revinclude (with :iterate): (included versions, truncated past MAX_INCLUDED)."""
+    matches = page.matches
+    if not (query.include or query.revinclude) or not matches:
+        return [], False
+    repo, session = records.repo, records._session
+    seen = {(v.type, v.id) for v in matches}
+    docs = {(v.type, v.id): page.docs.get((v.type, v.id)) for v in matches}  # index fields, from the page
+    frontier = list(matches)
+    out: list[Version] = []
+    truncated = False
+    for round_ in range(ITERATE_ROUNDS + 1):
+        found: list[Version] = []
+        incs = [i for i in query.include if round_ == 0 or i.iterate]
+        revs = [i for i in query.revinclude if round_ == 0 or i.iterate]
+        if not (incs or revs) or not frontier:
+            break
+        frontier_docs = await _index_docs(records, frontier, docs)
+        for inc in incs:
+            for rtype, ids in _forward_targets(inc, frontier_docs).items():
+                if rtype not in repo.types:
+                    continue
+                access = records.access.filter("s", rtype)
+                ids = [i for i in ids if (rtype, i) not in seen]
+                if access is None or not ids:
+                    continue
+                rows = await repo.find_docs(rtype, restrict({"_id": {"$in": ids}}, access), MAX_INCLUDED + 1,
+                                            session=session)
+                found += _take(rows, seen, docs)
+        for inc in revs:
+            if inc.source_type not in repo.types:
+                continue
+            access = records.access.filter("s", inc.source_type)
+            if access is None:
+                continue
+            refs = [f"{v.type}/{v.id}" for v in frontier]
+            params = [inc.param] if inc.param != "*" else [
+                p.code for p in params_for(inc.source_type).values() if p.type == "reference"]
+            conds = [{field_name(REFERENCE, p): {"$in": refs}} for p in params]
+            flt = conds[0] if len(conds) == 1 else {"$or": conds}
+            rows = await repo.find_docs(inc.source_type, restrict(flt, access), MAX_INCLUDED + 1, session=session)
+            found += _take(rows, seen, docs)
+        found = [v for v in found if records.access.may_read("s", v.type, v.json)]
+        room = MAX_INCLUDED - len(out)
+        if len(found) > room:
+            found, truncated = found[:room], True
+        out += found
+        frontier = found
+        if truncated:
+            break
+    return await records._disclose(out), truncated
+
+
+def _take(rows, seen: set, docs: dict) -> list[Version]:
+    found = []
+    for v, doc in rows:
+        key = (v.type, v.id)
+        if key not in seen:
+            seen.add(key)
+            docs[key] = doc
+            found.append(v)
+    return found
+
+
+async def _index_docs(records: Records, versions: list[Version], docs: dict) -> list[tuple[Version, dict]]:
+    """Index fields of the given versions (fetched in one query per type when not known yet)."""
+    missing: dict[str, list[str]] = {}
+    for v in versions:
+        if docs.get((v.type, v.id)) is None:
+            missing.setdefault(v.type, []).append(v.id)
+    for rtype, ids in missing.items():
+        for v, doc in await records.repo.find_docs(rtype, {"_id": {"$in": ids}}, len(ids), session=records._session):
+            docs[(rtype, v.id)] = doc
+    return [(v, docs.get((v.type, v.id)) or {}) for v in versions]
+
+
+def _forward_targets(inc: Include, frontier_docs) -> dict[str, list[str]]:
+    """Type -> ids referenced by the include's parameter(s) from the frontier resources."""
+    out: dict[str, list[str]] = {}
+    for v, doc in frontier_docs:
+        if inc.source_type not in ("*", v.type):
+            continue
+        codes = [inc.param] if inc.param != "*" else [
+            p.code for p in params_for(v.type).values() if p.type == "reference"]
+        for code in codes:
+            for ref in keyset.values(doc, field_name(REFERENCE, code)):
+                if not isinstance(ref, str) or "/" not in ref or "://" in ref:
+                    continue
+                rtype, _, rid = ref.partition("/")
+                if inc.target_type and rtype != inc.target_type:
+                    continue
+                out.setdefault(rtype, []).append(rid)
+    return out
