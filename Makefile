@@ -8,7 +8,7 @@ FERRETDB := $(TOOLS)/bin/ferretdb
 MONGOECO := $(TOOLS)/mongoeco-venv
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench capability clean browser
+.PHONY: setup run test lint bench capability clean browser
 
 setup: $(VENV)/.installed $(FERRETDB) $(MONGOECO)/.installed browser
 
@@ -32,7 +32,13 @@ browser:
 run: $(VENV)/.installed $(FERRETDB)
 	$(BIN)/fhir-server serve
 
-test: setup
+# The structure stays: style and errors (ruff), types (mypy), the layers of docs/decisions.md (import-linter).
+lint: $(VENV)/.installed
+	$(BIN)/ruff check fhir_server tests bench tools
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
+
+test: setup lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 capability: $(VENV)/.installed

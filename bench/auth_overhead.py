@@ -80,7 +80,7 @@ def main() -> int:
     args = ap.parse_args()
     result = run(args.rounds, args.per_round)
     print(json.dumps(result, indent=2))
-    print(f"\n| mode | server CPU/request | p50 | p99 |\n|---|---|---|---|")
+    print("\n| mode | server CPU/request | p50 | p99 |\n|---|---|---|---|")
     for m in ("no-token", "token"):
         r = result[m]
         print(f"| {m} | {r['server_cpu_us']:.0f} µs | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms |")

@@ -35,7 +35,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CpuMeter, closed_loop, use_uvloop  # noqa: E402
 
 from fhir_server.storage.documents import (  # noqa: E402
-    F_ID, F_JSON, F_UPDATED, F_VERSION, H_OP, H_RESOURCE_ID, OP_CREATE, OP_UPDATE, fhir_instant, history_id, now_ms,
+    F_ID,
+    F_JSON,
+    F_UPDATED,
+    F_VERSION,
+    H_OP,
+    H_RESOURCE_ID,
+    OP_CREATE,
+    OP_UPDATE,
+    fhir_instant,
+    history_id,
+    now_ms,
 )
 
 RTYPE = "Patient"

@@ -69,7 +69,16 @@ from httpclient import Client, HttpError, encode  # noqa: E402
 
 from fhir_server.fhir.validation import validate_resource  # noqa: E402
 from fhir_server.storage.documents import (  # noqa: E402
-    F_ID, F_JSON, F_UPDATED, F_VERSION, H_OP, H_RESOURCE_ID, OP_CREATE, fhir_instant, history_id, now_ms,
+    F_ID,
+    F_JSON,
+    F_UPDATED,
+    F_VERSION,
+    H_OP,
+    H_RESOURCE_ID,
+    OP_CREATE,
+    fhir_instant,
+    history_id,
+    now_ms,
 )
 
 RESULTS = HERE / "results"

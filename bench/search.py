@@ -50,18 +50,26 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 import orjson  # noqa: E402
-from pymongo import MongoClient  # noqa: E402
-from pymongo.errors import BulkWriteError  # noqa: E402
-
 import search_dataset as ds  # noqa: E402
 from common import percentile  # noqa: E402
 from engines import FERRETDB_BIN, PostgresCluster, _ferret_version  # noqa: E402
+from pymongo import MongoClient  # noqa: E402
+from pymongo.errors import BulkWriteError  # noqa: E402
 
 from fhir_server.engine.ferretdb import EmbeddedFerretDB  # noqa: E402
 from fhir_server.search.extract import index_fields, index_specs  # noqa: E402
 from fhir_server.storage.documents import (  # noqa: E402
-    F_ID, F_JSON, F_UPDATED, F_VERSION, H_OP, H_RESOURCE_ID, OP_CREATE, fhir_instant, history_collection,
-    history_id, now_ms,
+    F_ID,
+    F_JSON,
+    F_UPDATED,
+    F_VERSION,
+    H_OP,
+    H_RESOURCE_ID,
+    OP_CREATE,
+    fhir_instant,
+    history_collection,
+    history_id,
+    now_ms,
 )
 
 RESULTS = HERE / "results"

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from fhir_server.config import Settings
 
@@ -78,8 +79,11 @@ def _check(args: argparse.Namespace) -> int:
         out["engine"] = {"embedded": "ferretdb", "binary": str(settings.ferretdb_bin),
                          "binary_present": settings.ferretdb_bin.exists()}
     else:
+        mongodb_uri = settings.mongodb_uri
+
         async def probe() -> dict:
-            client = AsyncMongoClient(settings.mongodb_uri.get_secret_value(), serverSelectionTimeoutMS=5000)
+            client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_uri.get_secret_value(),
+                                                                        serverSelectionTimeoutMS=5000)
             try:
                 return (await detect(client, settings.database)).as_dict()
             finally:
@@ -118,7 +122,7 @@ def _with_db(work) -> int:
         uri = engine.start()
 
     async def run() -> int:
-        client = AsyncMongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=10000)
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=10000)
         try:
             return await work(client[settings.database])
         finally:
@@ -153,6 +157,7 @@ def _users(args: argparse.Namespace) -> int:
     async def work(db) -> int:
         users = MongoUserDirectory(db)
         if args.action == "add":
+            assert password is not None  # read above for "add"
             await users.add(User(args.username, args.role, args.fhir_user, args.name or "", args.rpps), password)
             print(f"added {args.role} {args.username}")
         elif args.action == "list":
@@ -177,7 +182,7 @@ def _clients(args: argparse.Namespace) -> int:
     async def work(db) -> int:
         clients = MongoClientRegistry(db)
         if args.action == "add":
-            jwks = json.loads(Path(args.jwks).read_text()) if args.jwks else None
+            jwks = json.loads(Path(args.jwks).read_text()) if args.jwks else None  # noqa: ASYNC240 (a CLI, no loop to stall)
             secret = args.secret
             if args.kind == "confidential-symmetric" and not secret:
                 secret = secrets.token_urlsafe(32)

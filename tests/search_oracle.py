@@ -20,7 +20,12 @@ from fhirpathpy.models import models
 
 from fhir_server.search import normalize as _nz  # only for DEFAULT_TZ, a configuration value
 from fhir_server.search.parse import (
-    Clause, DateValue, HasClause, ReferenceValue, SearchQuery, TokenValue,
+    Clause,
+    DateValue,
+    HasClause,
+    ReferenceValue,
+    SearchQuery,
+    TokenValue,
 )
 
 UTC = timezone.utc

@@ -19,6 +19,8 @@ never write them (`OUTSIDE`).
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
+
 from fhir_server.search.extract import param_fields, reference_keys, values_of
 from fhir_server.search.mongo import token_entry
 from fhir_server.search.parse import token_value
@@ -84,6 +86,7 @@ def is_about_only(rtype: str, resource: dict, patient: str) -> bool:
     that patient's context may store."""
     if rtype in OUTSIDE:
         return False
+    about: AbstractSet[str | None]
     if rtype == "Patient":
         about = {resource.get("id")}
     else:

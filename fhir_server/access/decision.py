@@ -21,6 +21,7 @@ The decision for one interaction is computed once per (permission, type) and cac
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -99,7 +100,7 @@ class Policy:
 class AccessDecisionPoint:
     """Holds the policies; `prepare` gives the per-interaction `Access` that answers questions."""
 
-    def __init__(self, policies: list[Policy] | tuple[Policy, ...] = ()) -> None:
+    def __init__(self, policies: Sequence[Policy] = ()) -> None:
         self.policies = tuple(policies)
 
     async def prepare(self, principal: Principal, ix: Interaction, reader=None) -> Access:

@@ -163,7 +163,8 @@ class ScopeSet:
         hit = self._cache.get(key)
         if hit is not None:
             return hit
-        rules = []
+        rules: list[Rule] = []
+        unrestricted = False
         for s in self.scopes:
             if not s.grants(perm, rtype):
                 continue
@@ -171,11 +172,11 @@ class ScopeSet:
             if rule is None:
                 continue
             if rule.patient is None and not rule.query:
-                rules = ALL
+                unrestricted = True
                 break
             if rule not in rules:
                 rules.append(rule)
-        out = rules if rules == ALL else tuple(rules)
+        out = ALL if unrestricted else tuple(rules)
         self._cache[key] = out
         return out
 

@@ -22,14 +22,14 @@ import re
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Protocol
+from typing import Any, Literal, Protocol, cast, overload
 from urllib.parse import unquote, urlencode, urlsplit
 
 import httpx
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
+from joserfc.jwk import KeySet, KeySetSerialization
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
@@ -230,8 +230,8 @@ class AuthServer:
             launch_ctx = await self.state.get_launch(p["launch"])
             if launch_ctx is None:
                 return fail("invalid_request", "the launch parameter is unknown or expired")
-        params = {k: p[k] for k in ("client_id", "redirect_uri", "scope", "state", "code_challenge", "nonce", "aud")
-                  if p.get(k)}
+        params: dict[str, Any] = {
+            k: p[k] for k in ("client_id", "redirect_uri", "scope", "state", "code_challenge", "nonce", "aud") if p.get(k)}
         if launch_ctx is not None:
             params["launch_context"] = {k: launch_ctx[k] for k in ("patient", "encounter", "fhirContext")
                                         if launch_ctx.get(k)}
@@ -343,6 +343,12 @@ class AuthServer:
 
     # --- client authentication -------------------------------------------------------------------
 
+    @overload
+    async def _authenticate_client(self, request: Request, form, *, required: Literal[True]) -> Client: ...
+
+    @overload
+    async def _authenticate_client(self, request: Request, form, *, required: bool) -> Client | None: ...
+
     async def _authenticate_client(self, request: Request, form, *, required: bool) -> Client | None:
         """The client making a token/introspection/revocation request, per its registered kind."""
         token_url = issuer_for(fhir_base(request, self.settings)) + "/token"
@@ -382,15 +388,17 @@ class AuthServer:
 
     async def _client_keys(self, client: Client) -> KeySet:
         if client.jwks:
-            return KeySet.import_key_set(client.jwks)
+            return KeySet.import_key_set(cast(KeySetSerialization, client.jwks))  # a JWKS, checked on import
         cached = self._jwks_cache.get(client.jwks_uri or "")
         if cached and cached[0] > time.monotonic():
             return cached[1]
+        jwks_uri = client.jwks_uri
+        assert jwks_uri is not None, "a client registered for private_key_jwt has a JWKS or a JWKS URL"
         async with httpx.AsyncClient(timeout=10) as http:
-            r = await http.get(client.jwks_uri)
+            r = await http.get(jwks_uri)
             r.raise_for_status()
             keys = KeySet.import_key_set(r.json())
-        self._jwks_cache[client.jwks_uri] = (time.monotonic() + 300, keys)
+        self._jwks_cache[jwks_uri] = (time.monotonic() + 300, keys)
         return keys
 
     async def _check_assertion(self, assertion: str, token_url: str, form_client_id) -> Client:

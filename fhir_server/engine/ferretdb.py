@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
@@ -80,6 +81,7 @@ class EmbeddedFerretDB:
         raise TimeoutError(f"FerretDB did not answer on port {self.port} within {timeout}s")
 
     def ping(self) -> bool:
+        client: MongoClient[dict[str, Any]]
         try:
             with MongoClient(self.uri, serverSelectionTimeoutMS=300, connectTimeoutMS=300) as client:
                 client.admin.command("ping")

@@ -34,6 +34,19 @@ class Interaction:
     compartment: str | None = None  # Patient id of a compartment search (Patient/123/DocumentReference)
     existing: object | None = None  # a transaction's conditional create that matched this Version
 
+    @property
+    def rtype(self) -> str:
+        """`type`, for an interaction whose kind always names a resource type (all but the
+        system-level ones: capabilities, batch/transaction, system search and history)."""
+        assert self.type is not None, f"a {self.kind} interaction has a resource type"
+        return self.type
+
+    @property
+    def rid(self) -> str:
+        """`id`, for an interaction on one resource instance (read, vread, instance history...)."""
+        assert self.id is not None, f"a {self.kind} interaction has a resource id"
+        return self.id
+
     def param(self, name: str) -> str | None:
         for k, v in self.params:
             if k == name:

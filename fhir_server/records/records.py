@@ -22,8 +22,8 @@ import orjson
 
 from fhir_server.access.decision import Access, Effect
 from fhir_server.fhir.outcome import FhirError, gone, not_found
-from fhir_server.records.hooks import Event, Hooks
 from fhir_server.records import search
+from fhir_server.records.hooks import Event, Hooks
 from fhir_server.records.search import SearchPage
 from fhir_server.storage.documents import Version, history_id
 from fhir_server.storage.repository import MAX_WRITE_ATTEMPTS, Repository, Unit

@@ -113,6 +113,7 @@ async def fhir_endpoint(request: Request) -> Response:
         headers = {k: v for k, v in request.headers.items()}
         if request.method == "POST" and request.headers.get("content-type", "").startswith(
                 "application/x-www-form-urlencoded") and request.path_params.get("path", "").endswith("_search"):
+            assert body is not None, "a POST body was read above"
             query = "&".join(p for p in (query, body.decode("utf-8", "replace")) if p)
             body = None
         ix = interactions.parse(request.method, request.path_params.get("path", ""), query, headers, body)

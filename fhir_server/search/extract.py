@@ -27,8 +27,23 @@ from typing import Any
 
 from . import normalize as nz
 from .registry import (
-    COMPOSITE, DATE, NUMBER, QUANTITY, REFERENCE, REFERENCE_IDENTIFIER, STORAGE_FIELDS, STRING,
-    STRING_EXACT, TOKEN, TOKEN_OF_TYPE, TOKEN_TEXT, URI, Component, PathSpec, SearchParam, params_for,
+    COMPOSITE,
+    DATE,
+    NUMBER,
+    QUANTITY,
+    REFERENCE,
+    REFERENCE_IDENTIFIER,
+    STORAGE_FIELDS,
+    STRING,
+    STRING_EXACT,
+    TOKEN,
+    TOKEN_OF_TYPE,
+    TOKEN_TEXT,
+    URI,
+    Component,
+    PathSpec,
+    SearchParam,
+    params_for,
 )
 
 Typed = tuple[Any, str]  # (JSON value, FHIR type name)
@@ -107,7 +122,7 @@ def _guess_type(v: Any, ptype: str) -> str:
 
 
 @lru_cache(maxsize=None)
-def _fhirpath(expression: str) -> Callable[[dict], list]:
+def _fhirpath(expression: str) -> Callable[..., list]:
     import re
 
     from fhirpathpy import compile as fp_compile  # lazy: only needed outside the fast subset
@@ -136,6 +151,7 @@ def _strings(v: Any, t: str) -> list[str]:
         return [v]
     if not isinstance(v, dict):
         return []
+    keys: tuple[str, ...]
     if t == "HumanName":
         keys = ("family", "given", "prefix", "suffix", "text")
     elif t == "Address":

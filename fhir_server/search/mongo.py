@@ -32,12 +32,34 @@ from typing import Any, Union
 
 from . import normalize as nz
 from .parse import (
-    Chain, Clause, CompositeValue, DateValue, HasClause, NumberValue, QuantityValue,
-    ReferenceValue, SearchError, SearchQuery, StringValue, TokenValue, UriValue,
+    Clause,
+    CompositeValue,
+    DateValue,
+    HasClause,
+    NumberValue,
+    QuantityValue,
+    ReferenceValue,
+    SearchError,
+    SearchQuery,
+    StringValue,
+    TokenValue,
+    UriValue,
 )
 from .registry import (
-    COMPOSITE, DATE, NUMBER, QUANTITY, REFERENCE, REFERENCE_IDENTIFIER, STRING, STRING_EXACT, TOKEN,
-    TOKEN_OF_TYPE, TOKEN_TEXT, URI, SearchParam, params_for,
+    COMPOSITE,
+    DATE,
+    NUMBER,
+    QUANTITY,
+    REFERENCE,
+    REFERENCE_IDENTIFIER,
+    STRING,
+    STRING_EXACT,
+    TOKEN,
+    TOKEN_OF_TYPE,
+    TOKEN_TEXT,
+    URI,
+    SearchParam,
+    params_for,
 )
 
 MAX_REFERENCE_EXPANSION = 20  # `subject=123` -> $in of Type/123 per target type up to this many
@@ -57,7 +79,7 @@ def _eq_or_in(field: str, entries: list) -> dict:
     return {field: {"$in": entries}}
 
 
-NOTHING = {"_id": {"$in": []}}  # a condition no document satisfies
+NOTHING: dict = {"_id": {"$in": []}}  # a condition no document satisfies
 
 
 # --- tokens --------------------------------------------------------------------------------------
@@ -91,9 +113,9 @@ def _token(param: SearchParam, clause: Clause) -> dict:
     if mod == "of-type":
         entries = [of_type_entry(v.type_system, v.type_code, v.value) for v in clause.values]
         return _eq_or_in(param.f(TOKEN_OF_TYPE), entries)
-    entries = [token_entry(param, v) for v in clause.values]
-    any_code = "" in entries  # `implied-system|`: every value has it
-    entries = [e for e in entries if e]
+    found = [token_entry(param, v) for v in clause.values]
+    any_code = "" in found  # `implied-system|`: every value has it
+    entries = [e for e in found if e]
     if mod == "not":
         if any_code:
             return {field: {"$exists": False}}
@@ -129,6 +151,7 @@ def reference_candidates(param: SearchParam, v: ReferenceValue, base_url: str | 
     targets = param.targets
     if targets and len(targets) <= MAX_REFERENCE_EXPANSION:
         return [f"{t}/{v.id}" for t in targets]
+    assert v.id is not None, "a reference value without a URL has an id"
     return "^[A-Z][A-Za-z]+/" + re.escape(v.id) + "$"
 
 
@@ -155,6 +178,7 @@ def token_entry_plain(v: TokenValue) -> str | None:
     if v.code is None and v.system is None:
         return None
     if v.system is None:
+        assert v.code is not None  # both None returned above
         return nz.esc(v.code)
     return f"{nz.esc(v.system)}|{nz.esc(v.code) if v.code is not None else ''}"
 
@@ -506,7 +530,8 @@ async def resolve(
             values = await find(clause.source_type, flt, clause.ref_param.f(REFERENCE))
             resolved[clause.key] = [v for v in values if isinstance(v, str)]
             continue
-        chain: Chain = clause.chain
+        chain = clause.chain
+        assert chain is not None, "needs_resolution() returns _has clauses and chains only"
         refs: list[str] = []
         for target, inner_clause in chain.clauses.items():
             inner = SearchQuery(target, [inner_clause])

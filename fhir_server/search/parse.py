@@ -155,7 +155,7 @@ class Clause:
 class Chain:
     """`ref[:Type].inner...`: the inner clause, parsed once per candidate target type."""
 
-    clauses: dict[str, Clause]  # target type -> inner clause on that type
+    clauses: dict[str, Union[Clause, HasClause]]  # target type -> inner clause on that type
 
     def render_name(self) -> str:
         return next(iter(self.clauses.values())).render_name()
@@ -340,7 +340,7 @@ def _is_identifier_param(param: SearchParam) -> bool:
 
 def _values(param: SearchParam, modifier: str | None, alts: list[str], expr: str) -> tuple:
     ptype = param.type
-    out = []
+    out: list[Value] = []
     for alt in alts:
         if ptype == "string":
             out.append(StringValue(unescape(alt)))
@@ -373,7 +373,7 @@ def _values(param: SearchParam, modifier: str | None, alts: list[str], expr: str
                 raise SearchError(
                     f"Composite parameter {param.code} expects {len(param.components)} values joined by '$'", expr
                 )
-            parts = []
+            parts: list[Value] = []
             for comp, piece in zip(param.components, pieces, strict=True):
                 if comp.type not in ("token", "reference", "string", "uri"):
                     raise SearchError(f"Composite component of type {comp.type} is not supported", expr)
@@ -434,7 +434,7 @@ def _parse_clause(rtype: str, name: str, value: str, expr: str, depth: int = 0) 
             raise SearchError(f"Modifier :{mod} cannot be chained", expr)
         _check_modifier(param, mod, expr)
         candidates = [mod] if mod else list(param.targets or ())
-        inner: dict[str, Clause] = {}
+        inner: dict[str, Union[Clause, HasClause]] = {}
         for target in candidates:
             if not params_for(target):
                 continue

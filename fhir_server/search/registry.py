@@ -120,7 +120,10 @@ class SearchParam:
         A primitive has no system of its own, only possibly an implied one (a required-bound code), so
         the compiler maps `system|code` and `|code` onto the bare value instead of storing variants.
         """
-        return bool(self.paths) and all(set(p.types) <= PRIMITIVE_TOKEN_TYPES for p in self.paths)
+        paths = self.paths
+        if not paths:
+            return False
+        return all(set(p.types) <= PRIMITIVE_TOKEN_TYPES for p in paths)
 
     @classmethod
     def from_json(cls, base: str, d: dict) -> SearchParam:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-_NOTHING = {"_id": {"$in": []}}
+_NOTHING: dict = {"_id": {"$in": []}}
 
 
 def sort_key(doc: dict, field: str, direction: int) -> Any:
@@ -84,7 +84,7 @@ def encode(values: list[Any]) -> list:
 
 
 def decode(values: list) -> list[Any]:
-    out = []
+    out: list[Any] = []
     for v in values:
         if isinstance(v, dict):
             if set(v) != {"$d"} or not isinstance(v["$d"], int):

@@ -216,7 +216,7 @@ class Repository:
         write simply wins; returns the number of documents rewritten."""
         done, after = 0, None
         while True:
-            query = {F_ID: {"$gt": after}} if after is not None else {}
+            query: dict = {F_ID: {"$gt": after}} if after is not None else {}
             docs = [d async for d in self._current[rtype].find(query, sort=[(F_ID, ASCENDING)], limit=batch)]
             if not docs:
                 return done
@@ -294,6 +294,7 @@ class Repository:
             return 0, False
         if latest[H_OP] != OP_DELETE:  # its writer is mid-flight or died: finish its work
             full = await self._history[rtype].find_one({F_ID: latest[F_ID]}, session=session)
+            assert full is not None, "history entries are never removed"
             await self._roll_forward(rtype, full, session)
             return latest[F_VERSION], True
         return latest[F_VERSION], False
@@ -344,6 +345,7 @@ class Repository:
         if hist.get(F_BINARY) is not None:
             doc[F_BINARY] = hist[F_BINARY]
             doc[F_BINARY_SIZE] = hist[F_BINARY_SIZE]
+        assert resource is not None, "only a delete tombstone has no resource"
         doc.update(self._index_fields(resource))
         if hist[H_OP] == OP_CREATE and session is None:
             # A (re)create normally finds no current document: a plain insert, which every engine

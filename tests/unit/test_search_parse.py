@@ -21,8 +21,16 @@ from fhir_server.search import normalize as nz
 from fhir_server.search.extract import index_keys, values_of
 from fhir_server.search.mongo import merge
 from fhir_server.search.parse import (
-    Clause, CompositeValue, DateValue, HasClause, NumberValue, OfTypeValue, QuantityValue, ReferenceValue,
-    StringValue, TokenValue,
+    Clause,
+    CompositeValue,
+    DateValue,
+    HasClause,
+    NumberValue,
+    OfTypeValue,
+    QuantityValue,
+    ReferenceValue,
+    StringValue,
+    TokenValue,
 )
 from fhir_server.search.registry import SearchParam, resource_types
 

@@ -19,6 +19,7 @@ from fhir_server.rest.handlers import conditional
 from fhir_server.rest.handlers.common import materialize, resource_body
 from fhir_server.rest.interaction import BUNDLE, CREATE, Interaction, parse
 from fhir_server.rest.result import Result, entry_response, error_result
+from fhir_server.storage.documents import Version
 
 MAX_ENTRIES = 1000
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -136,9 +137,10 @@ async def _resolve_conditional_creates(ctx: RequestContext, entries: list, parse
     """A POST with ifNoneExist that matches an existing resource: references to its urn:uuid must
     point at that resource, so resolve the condition before ids are assigned
     (https://hl7.org/fhir/R4/http.html#trules)."""
-    for entry, eix in zip(entries, parsed):
-        if eix.kind == CREATE and eix.header("if-none-exist"):
-            found = await conditional.matches(ctx, eix, parse_qsl(eix.header("if-none-exist").lstrip("?")), 2)
+    for eix in parsed:
+        if_none_exist = eix.header("if-none-exist") if eix.kind == CREATE else None
+        if if_none_exist:
+            found = await conditional.matches(ctx, eix, parse_qsl(if_none_exist.lstrip("?")), 2)
             if len(found) > 1:
                 raise FhirError(412, "duplicate", "an ifNoneExist condition matches several resources")
             if found:
@@ -152,6 +154,7 @@ def _assign_ids(entries: list, parsed: list[Interaction]) -> None:
         full_url = entry.get("fullUrl")
         if eix.kind == CREATE and isinstance(full_url, str) and URN_UUID_RE.fullmatch(full_url):
             if eix.existing is not None:
+                assert isinstance(eix.existing, Version)  # set by _resolve_conditional_creates
                 mapping[full_url] = f"{eix.type}/{eix.existing.id}"
                 continue
             new_id = str(uuid.uuid4())

@@ -32,7 +32,7 @@ async def matches(ctx: RequestContext, ix: Interaction, criteria: list[tuple[str
         raise FhirError(400, "invalid", f"a conditional {ix.method} needs search criteria that select resources")
     if query.include or query.revinclude or query.sort or query.summary or query.elements:
         raise FhirError(400, "invalid", "conditional criteria take search parameters only")
-    return await ctx.data.matching(ix.type, query, limit)
+    return await ctx.data.matching(ix.rtype, query, limit)
 
 
 async def _rerun(ctx: RequestContext, ix: Interaction, rid: str) -> Result:

@@ -45,7 +45,8 @@ async def history(ctx: RequestContext, ix: Interaction) -> Result:
     path = {HISTORY_SYSTEM: "_history", HISTORY_INSTANCE: f"{ix.type}/{ix.id}/_history"}.get(ix.kind,
                                                                                            f"{ix.type}/_history")
     bound = binding(ctx.principal, path)
-    cursor = decode_cursor(ix.param("_cursor"), ctx.cursor_key, bound) if ix.param("_cursor") else None
+    raw_cursor = ix.param("_cursor")
+    cursor = decode_cursor(raw_cursor, ctx.cursor_key, bound) if raw_cursor else None
     before = None
     if cursor is not None:
         try:

@@ -12,8 +12,8 @@ import orjson
 from fhir_server.fhir.outcome import FhirError
 from fhir_server.fhir.validation import validate_resource
 from fhir_server.rest.context import RequestContext
-from fhir_server.rest.handlers import conditional
 from fhir_server.rest.formats import JSON_PATCH, media_type
+from fhir_server.rest.handlers import conditional
 from fhir_server.rest.handlers.common import if_match_version, write_result
 from fhir_server.rest.interaction import Interaction
 from fhir_server.rest.result import Result
@@ -64,6 +64,7 @@ async def patch(ctx: RequestContext, ix: Interaction) -> Result:
         raise FhirError(405, "not-supported", "Binary cannot be patched; update it instead")
 
     def apply(current: Version) -> dict:
+        assert current.json is not None, "a patch applies to the current version, never a tombstone"
         try:
             patched = compiled.apply(orjson.loads(current.json))
         except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError, IndexError) as exc:
@@ -73,5 +74,5 @@ async def patch(ctx: RequestContext, ix: Interaction) -> Result:
         validate_resource(patched, expected_type=ix.type)
         return patched
 
-    v = await ctx.data.patch(ix.type, ix.id, apply, if_match=if_match)
+    v = await ctx.data.patch(ix.rtype, ix.id, apply, if_match=if_match)
     return write_result(ctx, ix, v, 200, f"patched {v.type}/{v.id} to version {v.version}")

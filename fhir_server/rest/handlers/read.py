@@ -17,16 +17,18 @@ from fhir_server.storage.documents import Version
 
 
 async def read(ctx: RequestContext, ix: Interaction) -> Result:
-    v = await ctx.data.read(ix.type, ix.id)
+    v = await ctx.data.read(ix.rtype, ix.rid)
     if _not_modified(ix, v):
         return Result(status=304, headers=version_headers(v), version=v)
     return _version_result(ctx, ix, v)
 
 
 async def vread(ctx: RequestContext, ix: Interaction) -> Result:
-    if not ix.vid.isdigit():
-        raise not_found(ix.type, f"{ix.id}/_history/{ix.vid}")
-    v = await ctx.data.vread(ix.type, ix.id, int(ix.vid))
+    vid = ix.vid
+    assert vid is not None, "a vread names a version"
+    if not vid.isdigit():
+        raise not_found(ix.rtype, f"{ix.id}/_history/{vid}")
+    v = await ctx.data.vread(ix.rtype, ix.rid, int(vid))
     return _version_result(ctx, ix, v)
 
 
@@ -40,6 +42,7 @@ def _version_result(ctx: RequestContext, ix: Interaction, v: Version) -> Result:
 
 def _raw_binary(ctx: RequestContext, v: Version, result: Result) -> Result:
     """Binary read with a non-FHIR Accept: the content itself (https://hl7.org/fhir/R4/binary.html#rest)."""
+    assert v.json is not None, "read and vread never return a delete tombstone"
     meta = orjson.loads(v.json)
     result.media_type = meta.get("contentType") or "application/octet-stream"
     if v.binary_file is not None:

@@ -29,9 +29,10 @@ def parse_search(ctx: RequestContext, ix: Interaction) -> SearchQuery:
     """The parsed query of a search-like interaction; 400 for what the spec says to reject."""
     pairs = [(k, v) for k, v in ix.params if k not in _NOT_SEARCH]
     try:
-        query = parse(ix.type, pairs)
+        query = parse(ix.rtype, pairs)
     except SearchError as exc:
-        raise FhirError(400, "invalid", str(exc), [exc.expression] if getattr(exc, "expression", None) else None)
+        expression = getattr(exc, "expression", None)
+        raise FhirError(400, "invalid", str(exc), [expression] if expression else None)
     if query.unknown and prefer(ix, "handling") == "strict":
         names = ", ".join(sorted({name for name, _ in query.unknown}))
         raise FhirError(400, "not-supported", f"unknown search parameter(s) {names} (Prefer: handling=strict)",
@@ -49,8 +50,9 @@ async def search(ctx: RequestContext, ix: Interaction) -> Result:
     bound = binding(ctx.principal, ix.path_for_links())
 
     after, total = None, None
-    if ix.param("_cursor"):
-        state = decode_cursor(ix.param("_cursor"), ctx.cursor_key, bound)
+    cursor = ix.param("_cursor")
+    if cursor:
+        state = decode_cursor(cursor, ctx.cursor_key, bound)
         try:
             after = keyset.decode(state[0])
             total = state[1]
@@ -59,7 +61,7 @@ async def search(ctx: RequestContext, ix: Interaction) -> Result:
         except (ValueError, IndexError, TypeError):
             raise FhirError(400, "value", "the paging cursor is invalid or expired", ["_cursor"])
     want_total = after is None and (query.total != "none" or query.summary == "count")
-    page = await ctx.data.search(ix.type, query, compartment=ix.compartment, sort=sort,
+    page = await ctx.data.search(ix.rtype, query, compartment=ix.compartment, sort=sort,
                                  count=count if query.summary != "count" else 0, after=after, want_total=want_total)
     if want_total:
         total = page.total
@@ -94,5 +96,6 @@ async def _entry(ctx: RequestContext, v: Version, mode: str, query: SearchQuery)
     result = Result()
     set_version_body(ctx, result, v)
     await materialize(result)
+    assert result.raw is not None, "a search match is a current version, never a tombstone"
     raw = subset(result.raw, v.type, query.summary, query.elements)
     return {"fullUrl": ctx.url(v.type, v.id), "resource": Fragment(raw), "search": {"mode": mode}}

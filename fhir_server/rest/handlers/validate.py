@@ -46,10 +46,11 @@ async def validate(ctx: RequestContext, ix: Interaction) -> Result:
     if mode is not None and mode not in MODES:
         raise FhirError(400, "value", f"mode must be one of {', '.join(MODES)}")
     if ix.id is not None:
-        current = await ctx.data.read(ix.type, ix.id)
+        current = await ctx.data.read(ix.rtype, ix.id)
         if mode == "delete":
             return _ok("the resource can be deleted")
         if resource is None:
+            assert current.json is not None, "read never returns a delete tombstone"
             resource = orjson.loads(current.json)
     if resource is None:
         raise FhirError(400, "required", "$validate needs a resource in the body")

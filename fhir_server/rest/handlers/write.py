@@ -27,8 +27,8 @@ def incoming(ctx: RequestContext, ix: Interaction) -> tuple[dict, bytes | None]:
     """The validated resource and, for a large Binary, its content to store apart."""
     inline_max = ctx.services.settings.binary_inline_max_bytes
     if is_raw_binary(ix):
-        resource, content = binary_from_raw(ix)
-        content = inline_binary(resource, content, inline_max)
+        resource, raw = binary_from_raw(ix)
+        content = inline_binary(resource, raw, inline_max)
         validate_resource(resource, expected_type="Binary")
         return resource, content
     resource = resource_body(ix)
@@ -38,13 +38,14 @@ def incoming(ctx: RequestContext, ix: Interaction) -> tuple[dict, bytes | None]:
 
 async def create(ctx: RequestContext, ix: Interaction) -> Result:
     resource, content = incoming(ctx, ix)  # validate first: a rejected request does nothing
-    if ix.header("if-none-exist"):
-        existing = await conditional.create(ctx, ix, ix.header("if-none-exist"))
+    if_none_exist = ix.header("if-none-exist")
+    if if_none_exist:
+        existing = await conditional.create(ctx, ix, if_none_exist)
         if existing is not None:
             return existing
     resource.pop("id", None)  # the server assigns ids on create (R4 http.html#create)
     # ix.id is only ever set by a transaction that pre-assigned it for urn:uuid rewriting
-    v = await ctx.data.create(ix.type, resource, content=content, rid=ix.id)
+    v = await ctx.data.create(ix.rtype, resource, content=content, rid=ix.id)
     return write_result(ctx, ix, v, 201, f"created {v.type}/{v.id} version {v.version}")
 
 
@@ -58,7 +59,7 @@ async def update(ctx: RequestContext, ix: Interaction) -> Result:
     if body_id is not None and body_id != ix.id:
         raise FhirError(400, "invalid", f"resource id '{body_id}' does not match the URL id '{ix.id}'",
                         [f"{ix.type}.id"])
-    v, created = await ctx.data.update(ix.type, ix.id, resource, if_match=if_match_version(ix), content=content)
+    v, created = await ctx.data.update(ix.rtype, ix.id, resource, if_match=if_match_version(ix), content=content)
     status = 201 if created else 200
     return write_result(ctx, ix, v, status, f"{'created' if created else 'updated'} {v.type}/{v.id} version {v.version}")
 
@@ -66,7 +67,7 @@ async def update(ctx: RequestContext, ix: Interaction) -> Result:
 async def delete(ctx: RequestContext, ix: Interaction) -> Result:
     if ix.id is None:
         return await conditional.delete(ctx, ix)
-    v = await ctx.data.delete(ix.type, ix.id, if_match=if_match_version(ix))
+    v = await ctx.data.delete(ix.rtype, ix.id, if_match=if_match_version(ix))
     headers = {"ETag": v.etag} if v is not None else {}
     message = f"deleted {ix.type}/{ix.id}" if v is not None else f"{ix.type}/{ix.id} did not exist; nothing deleted"
     if prefer(ix, "return") == "OperationOutcome":
