@@ -40,12 +40,22 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
     workers = args.workers or settings.workers
-    engine = None
+    engine, lock = None, None
     if settings.mongodb_uri is None:
-        from fhir_server.engine.ferretdb import EmbeddedFerretDB
+        from fhir_server.engine.datadir import DataDirLock
 
-        engine = EmbeddedFerretDB(settings.ferretdb_bin, settings.data_dir / "ferretdb", settings.ferretdb_port)
-        os.environ["FHIR_MONGODB_URI"] = engine.start()
+        lock = DataDirLock(settings.data_dir)
+        if not lock.acquire():
+            print(f"error: {lock.describe_holder()}; one data directory is served by one server at a time "
+                  "(stop it, or set FHIR_DATA_DIR)", file=sys.stderr)
+            return 2
+        engine = _embedded(settings)
+        try:
+            os.environ["FHIR_MONGODB_URI"] = engine.start()
+        except BaseException:
+            lock.release()
+            raise
+        lock.publish(engine.uri, "server")
         print(f"embedded FerretDB (SQLite) on {engine.uri}, data in {settings.data_dir / 'ferretdb'}", file=sys.stderr)
     if settings.insecure_dev_mode:
         bar = "!" * 78
@@ -65,6 +75,8 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         if engine is not None:
             engine.stop()
+        if lock is not None:
+            lock.release()
     return 0
 
 
@@ -76,8 +88,15 @@ def _check(args: argparse.Namespace) -> int:
     settings = Settings()
     out: dict = {"settings": settings.redacted()}
     if settings.mongodb_uri is None:
+        from fhir_server.engine.datadir import DataDirLock
+
+        lock = DataDirLock(settings.data_dir)
+        free = lock.acquire()
+        holder = None if free else lock.holder()
+        lock.release()
         out["engine"] = {"embedded": "ferretdb", "binary": str(settings.ferretdb_bin),
-                         "binary_present": settings.ferretdb_bin.exists()}
+                         "binary_present": settings.ferretdb_bin.exists(),
+                         "served_by": {"pid": holder.get("pid"), "role": holder.get("role")} if holder else None}
     else:
         mongodb_uri = settings.mongodb_uri
 
@@ -108,18 +127,40 @@ def _capabilities(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embedded(settings: Settings):
+    """The embedded engine of `settings.data_dir` (not started)."""
+    from fhir_server.engine.ferretdb import EmbeddedFerretDB
+
+    return EmbeddedFerretDB(settings.ferretdb_bin, settings.data_dir / "ferretdb", settings.ferretdb_port)
+
+
 def _with_db(work) -> int:
-    """Run `work(db)` against the configured database (starting the embedded engine if none is)."""
+    """Run `work(db)` against the configured database: FHIR_MONGODB_URI, else the embedded engine of
+    the data directory — the running server's when one serves it, else one started for this command
+    (docs: fhir_server/engine/datadir.py)."""
     from pymongo import AsyncMongoClient
 
+    from fhir_server.engine.datadir import DataDirLock
+
     settings = Settings()
-    engine = None
+    engine, lock = None, None
     uri = settings.mongodb_uri.get_secret_value() if settings.mongodb_uri else None
     if uri is None:
-        from fhir_server.engine.ferretdb import EmbeddedFerretDB
-
-        engine = EmbeddedFerretDB(settings.ferretdb_bin, settings.data_dir / "ferretdb", settings.ferretdb_port)
-        uri = engine.start()
+        lock = DataDirLock(settings.data_dir)
+        if lock.acquire():
+            engine = _embedded(settings)
+            try:
+                uri = engine.start()
+            except BaseException:
+                lock.release()
+                raise
+            lock.publish(uri, "cli")
+        else:
+            holder = lock.holder()
+            if holder is None or holder.get("role") != "server":
+                lock = None
+                raise RuntimeError(DataDirLock(settings.data_dir).describe_holder() + "; try again when it ends")
+            uri, lock = holder["uri"], None  # the running server's engine
 
     async def run() -> int:
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=10000)
@@ -136,6 +177,8 @@ def _with_db(work) -> int:
     finally:
         if engine is not None:
             engine.stop()
+        if lock is not None:
+            lock.release()
 
 
 def _read_password(args: argparse.Namespace) -> str:
@@ -220,25 +263,16 @@ def _reindex(args: argparse.Namespace) -> int:
     """Recompute search index fields and create missing indexes (after search definitions change)."""
     from fhir_server import composition
 
-    settings = Settings()
-    if settings.mongodb_uri is None:
-        print("FHIR_MONGODB_URI must point at the database to reindex (stop `serve` first for the embedded "
-              "engine and start it with `serve`'s data dir, or set the URI)", file=sys.stderr)
-        return 2
     types = tuple(args.type) if args.type else composition.SUPPORTED_TYPES
 
-    async def run() -> None:
-        client = composition.connect(settings)
-        try:
-            repo = composition.repository(client, client[settings.database])
-            await repo.ensure_indexes()
-            for rtype in types:
-                print(f"{rtype}: {await repo.reindex(rtype)} documents reindexed")
-        finally:
-            await client.close()
+    async def work(db) -> int:
+        repo = composition.repository(db.client, db)
+        await repo.ensure_indexes()
+        for rtype in types:
+            print(f"{rtype}: {await repo.reindex(rtype)} documents reindexed")
+        return 0
 
-    asyncio.run(run())
-    return 0
+    return _with_db(work)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,7 +331,14 @@ def main(argv: list[str] | None = None) -> int:
     reindex.add_argument("--type", action="append", help="only this resource type (repeatable)")
     reindex.set_defaults(func=_reindex)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one line, never a traceback (nor anything past the first line)
+        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        print(f"error: {text}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -140,11 +140,10 @@ class Records:
         await self._disclose([v])
         return v
 
-    async def latest(self, rtype: str, rid: str) -> Version | None:
-        """The newest history entry of a resource the caller may see (None otherwise)."""
-        self.require("r", rtype)
+    async def _latest(self, perm: str, rtype: str, rid: str) -> Version | None:
+        """The newest history entry of a resource the caller may see with `perm` (None otherwise)."""
         now, latest = await self._last_content(rtype, rid)
-        if latest is None or not (self._fast("r", rtype) or self._sees("r", now)):
+        if latest is None or not (self._fast(perm, rtype) or self._sees(perm, now)):
             return None
         return latest
 
@@ -153,7 +152,8 @@ class Records:
         """Instance (`rid`), type or system (`rtype` None) history, newest first, `count` at most."""
         if rid is not None:
             assert rtype is not None
-            latest = await self.latest(rtype, rid)
+            self.require("r", rtype)
+            latest = await self._latest("r", rtype, rid)
             if latest is None:
                 raise not_found(rtype, rid)
             versions, more = await self._merged((rtype,), rid, since, before, count)
@@ -268,7 +268,7 @@ class Records:
         for _ in range(MAX_WRITE_ATTEMPTS):
             current = await self._visible_before("u", rtype, rid)
             if current is None:
-                latest = await self.latest(rtype, rid)
+                latest = await self._latest("u", rtype, rid)
                 raise gone(rtype, rid) if latest is not None and latest.deleted else not_found(rtype, rid)
             if if_match is not None and if_match != current.version:
                 raise FhirError(412, "conflict", f"If-Match expected version {if_match} but {rtype}/{rid} is at "
