@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", default="http://127.0.0.1:8080/fhir", help="FHIR base URL (default: %(default)s)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--transaction", action="store_true",
-                      help="post transaction-bundle.json instead (needs a MongoDB replica set)")
+                      help="post transaction-bundle.json instead (all or nothing)")
     mode.add_argument("--validate", action="store_true", help="only $validate each example; create nothing")
     parser.add_argument("--dir", type=Path, default=HERE, help="where the example files are (default: next to this script)")
     args = parser.parse_args(argv)

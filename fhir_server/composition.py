@@ -53,18 +53,20 @@ def connect(settings: Settings, uri: str | None = None, **options) -> AsyncMongo
     return AsyncMongoClient(target, tz_aware=True, uuidRepresentation="standard", **options)
 
 
-def repository(client: AsyncMongoClient, db: AsyncDatabase, transactions: bool = False) -> Repository:
+def repository(client: AsyncMongoClient, db: AsyncDatabase, transactions: bool = False,
+               crash_after: int | None = None) -> Repository:
     """The resource repository with the search index extraction of fhir_server/search."""
     return Repository(client, db, SUPPORTED_TYPES, BinaryStore(db), index_fields=index_fields,
-                      index_specs=index_specs, transactions=transactions)
+                      index_specs=index_specs, transactions=transactions, crash_after=crash_after)
 
 
 async def build(settings: Settings, client: AsyncMongoClient, *, policies: Sequence[Policy] = (),
                 hooks: Sequence[Hook] = ()) -> Services:
     db = client[settings.database]
     engine = await detect(client, settings.database)
-    repo = repository(client, db, engine.transactions)
+    repo = repository(client, db, engine.transactions, settings.test_crash_after_step)
     await repo.ensure_indexes()
+    await repo.recover()  # what transactions interrupted by a crash left: finished or undone
     auth = AuthServer(settings, db, PatientPicker(repo))
     await auth.start()
     return Services(settings, repo, engine, AccessDecisionPoint(policies), Hooks(hooks),

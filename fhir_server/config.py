@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     default_page_size: int = Field(50, ge=1)
     max_page_size: int = Field(1000, ge=1)
     log_level: str = Field("INFO")
+    test_crash_after_step: int | None = Field(
+        None, description="Tests only: exit the process at the N-th write or commit step (crash injection)")
 
     # authorization (SMART App Launch; README "Authorization")
     insecure_dev_mode: bool = Field(

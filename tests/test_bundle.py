@@ -34,7 +34,7 @@ def test_batch_entries_succeed_or_fail_independently(any_fhir):
     assert any_fhir.get(f"/Patient/{existing['id']}").status_code == 410
 
 
-def test_transaction_rewrites_urn_references_atomically(fhir_txn):
+def test_transaction_rewrites_urn_references_atomically(any_fhir):
     org, pat = _urn(), _urn()
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
         {"fullUrl": pat, "resource": patient(managingOrganization={"reference": org}),
@@ -42,51 +42,53 @@ def test_transaction_rewrites_urn_references_atomically(fhir_txn):
         {"fullUrl": org, "resource": {"resourceType": "Organization", "name": "CHU de Nantes"},
          "request": {"method": "POST", "url": "Organization"}},
     ]}
-    r = fhir_txn.post("", json=bundle, headers=JSON_HEADERS)
+    r = any_fhir.post("", json=bundle, headers=JSON_HEADERS)
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["type"] == "transaction-response"
     assert [e["response"]["status"] for e in out["entry"]] == ["201", "201"]
     patient_id = out["entry"][0]["resource"]["id"]
     org_id = out["entry"][1]["resource"]["id"]
-    stored = fhir_txn.get(f"/Patient/{patient_id}").json()
+    stored = any_fhir.get(f"/Patient/{patient_id}").json()
     assert stored["managingOrganization"]["reference"] == f"Organization/{org_id}"
-    assert fhir_txn.get(f"/Organization/{org_id}").status_code == 200
+    assert any_fhir.get(f"/Organization/{org_id}").status_code == 200
 
 
-def test_transaction_failure_applies_nothing(fhir_txn):
-    before = _count(fhir_txn, "Patient")
-    doomed = create(fhir_txn, patient())
+def test_transaction_failure_applies_nothing(any_fhir):
+    before = _count(any_fhir, "Patient")
+    doomed = create(any_fhir, patient())
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
         {"fullUrl": _urn(), "resource": patient(), "request": {"method": "POST", "url": "Patient"}},
         {"request": {"method": "DELETE", "url": f"Patient/{doomed['id']}"}},
         {"resource": dict(doomed, gender="male"),
          "request": {"method": "PUT", "url": f"Patient/{doomed['id']}", "ifMatch": 'W/"9"'}},
     ]}
-    r = fhir_txn.post("", json=bundle, headers=JSON_HEADERS)
+    r = any_fhir.post("", json=bundle, headers=JSON_HEADERS)
     assert_outcome(r, 412)
-    assert _count(fhir_txn, "Patient") == before + 1
-    assert fhir_txn.get(f"/Patient/{doomed['id']}").json() == doomed
+    assert _count(any_fhir, "Patient") == before + 1
+    assert any_fhir.get(f"/Patient/{doomed['id']}").json() == doomed
 
 
-def test_transaction_with_invalid_entry_applies_nothing(fhir_txn):
-    before = _count(fhir_txn, "Patient")
+def test_transaction_with_invalid_entry_applies_nothing(any_fhir):
+    before = _count(any_fhir, "Patient")
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
         {"fullUrl": _urn(), "resource": patient(), "request": {"method": "POST", "url": "Patient"}},
         {"fullUrl": _urn(), "resource": patient(gender="robot"), "request": {"method": "POST", "url": "Patient"}},
     ]}
-    assert_outcome(fhir_txn.post("", json=bundle, headers=JSON_HEADERS), 400)
-    assert _count(fhir_txn, "Patient") == before
+    assert_outcome(any_fhir.post("", json=bundle, headers=JSON_HEADERS), 400)
+    assert _count(any_fhir, "Patient") == before
 
 
-def test_transaction_refused_without_engine_transactions(fhir):
+def test_transaction_needs_no_engine_transactions(fhir):
+    """FerretDB has no multi-document transactions: the application-level commit protocol
+    (fhir_server/storage/transactions.py) makes the Bundle atomic all the same."""
     before = _count(fhir, "Patient")
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
         {"fullUrl": _urn(), "resource": patient(), "request": {"method": "POST", "url": "Patient"}},
     ]}
-    body = assert_outcome(fhir.post("", json=bundle, headers=JSON_HEADERS), 501, "not-supported")
-    assert "nothing was applied" in body["issue"][0]["diagnostics"]
-    assert _count(fhir, "Patient") == before
+    r = fhir.post("", json=bundle, headers=JSON_HEADERS)
+    assert r.status_code == 200, r.text
+    assert _count(fhir, "Patient") == before + 1
 
 
 def test_bundle_request_errors(fhir):
@@ -116,3 +118,27 @@ def test_batch_patch_entry_uses_binary(any_fhir):
     out = any_fhir.post("", json=bundle, headers=JSON_HEADERS).json()
     assert out["entry"][0]["response"]["status"] == "200"
     assert any_fhir.get(f"/Patient/{created['id']}").json()["gender"] == "male"
+
+
+def test_transaction_resolves_conditional_references(any_fhir):
+    """R4 http.html#trules: `Type?criteria` references are resolved inside the transaction; no match
+    or several matches fail it, and then nothing is applied."""
+    rpps = f"8{uuid.uuid4().int % 10**10:010d}"
+    doctor = create(any_fhir, {"resourceType": "Practitioner",
+                               "identifier": [{"system": "urn:test:rpps", "value": rpps}]})
+
+    def bundle(criteria):
+        return {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": _urn(), "request": {"method": "POST", "url": "Patient"},
+             "resource": patient(generalPractitioner=[{"reference": f"Practitioner?{criteria}"}])}]}
+
+    r = any_fhir.post("", json=bundle(f"identifier=urn:test:rpps|{rpps}"), headers=JSON_HEADERS)
+    assert r.status_code == 200, r.text
+    pid = r.json()["entry"][0]["response"]["location"].split("/Patient/")[1].split("/")[0]
+    stored = any_fhir.get(f"/Patient/{pid}").json()
+    assert stored["generalPractitioner"] == [{"reference": f"Practitioner/{doctor['id']}"}]
+    before = _count(any_fhir, "Patient")
+    assert_outcome(any_fhir.post("", json=bundle("identifier=urn:test:rpps|none"), headers=JSON_HEADERS), 404)
+    create(any_fhir, {"resourceType": "Practitioner", "identifier": [{"system": "urn:test:rpps", "value": rpps}]})
+    assert_outcome(any_fhir.post("", json=bundle(f"identifier=urn:test:rpps|{rpps}"), headers=JSON_HEADERS), 412)
+    assert _count(any_fhir, "Patient") == before

@@ -83,9 +83,9 @@ def test_conditional_delete_single_and_multiple(fhir):
     assert_outcome(fhir.delete("/Patient?colour=blue"), 400)
 
 
-def test_transaction_conditional_create_reuses_existing(fhir_txn):
+def test_transaction_conditional_create_reuses_existing(any_fhir):
     ins = _ins()
-    existing = create(fhir_txn, _pat(ins))
+    existing = create(any_fhir, _pat(ins))
     pat_urn, doc_urn = f"urn:uuid:{uuid.uuid4()}", f"urn:uuid:{uuid.uuid4()}"
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
         {"fullUrl": pat_urn, "resource": _pat(ins),
@@ -94,9 +94,9 @@ def test_transaction_conditional_create_reuses_existing(fhir_txn):
                                           "subject": {"reference": pat_urn},
                                           "content": [{"attachment": {"contentType": "text/plain"}}]},
          "request": {"method": "POST", "url": "DocumentReference"}}]}
-    out = fhir_txn.post("", json=bundle, headers=JSON_HEADERS)
+    out = any_fhir.post("", json=bundle, headers=JSON_HEADERS)
     assert out.status_code == 200, out.text
     entries = out.json()["entry"]
     assert entries[0]["response"]["status"] == "200"
     assert entries[1]["resource"]["subject"]["reference"] == f"Patient/{existing['id']}"
-    assert _count(fhir_txn, ins) == 1
+    assert _count(any_fhir, ins) == 1

@@ -59,9 +59,6 @@ class Records:
         self.unit_ = unit
         self.base_url = base_url
 
-    @property
-    def _session(self):
-        return self.unit_.session if self.unit_ is not None else None
 
     @property
     def types(self) -> tuple[str, ...]:
@@ -69,7 +66,7 @@ class Records:
 
     @property
     def in_unit(self) -> bool:
-        return self.unit_ is not None and self.unit_.session is not None
+        return self.unit_ is not None and (self.unit_.session is not None or self.unit_.tx is not None)
 
     # --- permissions -----------------------------------------------------------------------------
 
@@ -84,13 +81,13 @@ class Records:
 
     async def _last_content(self, rtype: str, rid: str) -> tuple[Version | None, Version | None]:
         """(current version, or the last one with content before a deletion; the newest history entry)."""
-        v = await self.repo.read(rtype, rid, session=self._session)
+        v = await self.repo.read(rtype, rid, unit=self.unit_)
         if v is not None:
             return v, v
-        latest = await self.repo.latest(rtype, rid, session=self._session)
+        latest = await self.repo.latest(rtype, rid, unit=self.unit_)
         if latest is None or latest.version <= 1:
             return None, latest
-        return await self.repo.vread(rtype, rid, latest.version - 1, session=self._session), latest
+        return await self.repo.vread(rtype, rid, latest.version - 1, unit=self.unit_), latest
 
     def _fast(self, perm: str, rtype: str) -> bool:
         """No per-resource question can fail: skip reading what only a check would need."""
@@ -105,11 +102,11 @@ class Records:
     async def read(self, rtype: str, rid: str) -> Version:
         """The current version; 410 for a deleted resource the caller could see, 404 otherwise."""
         self.require("r", rtype)
-        v = await self.repo.read(rtype, rid, session=self._session)
+        v = await self.repo.read(rtype, rid, unit=self.unit_)
         if v is None:
-            latest = await self.repo.latest(rtype, rid, session=self._session)
+            latest = await self.repo.latest(rtype, rid, unit=self.unit_)
             if latest is not None and latest.deleted and (self._fast("r", rtype) or self._sees(
-                    "r", await self.repo.vread(rtype, rid, latest.version - 1, session=self._session))):
+                    "r", await self.repo.vread(rtype, rid, latest.version - 1, unit=self.unit_))):
                 err = gone(rtype, rid)
                 err.headers.update(_version_headers(latest))
                 raise err
@@ -124,7 +121,7 @@ class Records:
         document moved from A's record to B's is not A's to read any more, not even its past)."""
         self.require("r", rtype)
         missing = FhirError(404, "not-found", f"{rtype}/{rid} has no version {vid}")
-        v = await self.repo.vread(rtype, rid, vid, session=self._session)
+        v = await self.repo.vread(rtype, rid, vid, unit=self.unit_)
         if v is None:
             raise missing
         if not self._fast("r", rtype):
@@ -194,7 +191,7 @@ class Records:
                 else:
                     type_before = (lu, "")
             per_type.append(await self.repo.history(t, rid=rid, since=since, before=type_before, count=count + 1,
-                                                    session=self._session))
+                                                    unit=self.unit_))
         key: Callable[[Version], tuple] = lambda v: (v.last_updated, v.type, history_id(v.id, v.version))  # noqa: E731
         out: list[Version] = []
         for v in heapq.merge(*per_type, key=key, reverse=True):
@@ -205,7 +202,7 @@ class Records:
 
     def binary_content(self, v: Version) -> AsyncIterator[bytes]:
         """The GridFS content of a Binary version this handle already returned (checked then)."""
-        return self.repo.binaries.stream(v.binary_file, session=self._session)
+        return self.repo.binaries.stream(v.binary_file, session=self.unit_.session if self.unit_ else None)
 
     # --- search ----------------------------------------------------------------------------------
 
@@ -231,7 +228,7 @@ class Records:
 
     async def _visible_before(self, perm: str, rtype: str, rid: str) -> Version | None:
         """The current version a write replaces; 404 when the caller may not see it."""
-        before = await self.repo.read(rtype, rid, session=self._session)
+        before = await self.repo.read(rtype, rid, unit=self.unit_)
         if before is not None and not self.access.may_read(perm, rtype, before.json):
             raise not_found(rtype, rid)
         return before
@@ -244,7 +241,7 @@ class Records:
         rid = rid or str(uuid.uuid4())
         resource = {**resource, "id": rid}
         self._check_write("c", rtype, None, resource)
-        v = await self.repo.create(rtype, resource, content=content, rid=rid, session=self._session)
+        v = await self.repo.create(rtype, resource, content=content, rid=rid, unit=self.unit_)
         await self.hooks.written(self.event, None, v)
         return v
 
@@ -256,7 +253,7 @@ class Records:
         resource = {**resource, "id": rid}
         self._check_write("u", rtype, before, resource)
         v, created = await self.repo.update(rtype, rid, resource, if_match=if_match, content=content,
-                                            session=self._session)
+                                            unit=self.unit_)
         await self.hooks.written(self.event, before, v)
         return v, created
 
@@ -276,7 +273,7 @@ class Records:
             patched = apply(current)
             self._check_write("u", rtype, current, patched)
             try:
-                v, _ = await self.repo.update(rtype, rid, patched, if_match=current.version, session=self._session)
+                v, _ = await self.repo.update(rtype, rid, patched, if_match=current.version, unit=self.unit_)
             except FhirError as exc:
                 if exc.status == 412 and if_match is None and not self.in_unit:
                     continue  # someone updated in between: re-apply the patch on their version
@@ -291,7 +288,7 @@ class Records:
         before = await self._visible_before("d", rtype, rid)
         if before is not None:
             self._check_write("d", rtype, before, None)
-        v = await self.repo.delete(rtype, rid, if_match=if_match, session=self._session)
+        v = await self.repo.delete(rtype, rid, if_match=if_match, unit=self.unit_)
         if v is not None:
             await self.hooks.written(self.event, before, v)
         return v

@@ -45,11 +45,10 @@ def _searchable(records: Records, rtype: str, what: str) -> dict:
 
 async def matching_filter(records: Records, rtype: str, query: SearchQuery, compartment: str | None) -> dict:
     """The full filter: criteria, compartment and the access filter of every type touched."""
-    session = records._session
 
     async def find(target: str, flt: dict, fld: str) -> list:
         access = _searchable(records, target, " (chained or _has search)")
-        return await records.repo.find_values(target, restrict(flt, access), fld, MAX_RESOLVED, session=session)
+        return await records.repo.find_values(target, restrict(flt, access), fld, MAX_RESOLVED, unit=records.unit_)
 
     try:
         resolved = await mongo.resolve(query, find, base_url=records.base_url)
@@ -68,13 +67,12 @@ async def run(records: Records, rtype: str, query: SearchQuery, *, compartment: 
               count: int, after: list | None, want_total: bool) -> SearchPage:
     """One page (`count` matches at most, after the keyset position `after`) and the total."""
     flt = await matching_filter(records, rtype, query, compartment)
-    session = records._session
-    total = await records.repo.count(rtype, flt, session=session) if want_total else None
+    total = await records.repo.count(rtype, flt, unit=records.unit_) if want_total else None
     page_docs: dict = {}
     matches: list[Version] = []
     next_position = None
     if count:
-        page = await records.repo.find_page(rtype, flt, sort, count + 1, after, docs=page_docs, session=session)
+        page = await records.repo.find_page(rtype, flt, sort, count + 1, after, docs=page_docs, unit=records.unit_)
         if len(page) > count:
             page = page[:count]
             next_position = page[-1][1]
@@ -85,7 +83,7 @@ async def run(records: Records, rtype: str, query: SearchQuery, *, compartment: 
 
 async def matching(records: Records, rtype: str, query: SearchQuery, limit: int) -> list[Version]:
     flt = await matching_filter(records, rtype, query, None)
-    page = await records.repo.find_page(rtype, flt, [("_id", 1)], limit, session=records._session)
+    page = await records.repo.find_page(rtype, flt, [("_id", 1)], limit, unit=records.unit_)
     return await records._disclose([v for v, _ in page if records.access.may_read("s", v.type, v.json)])
 
 
@@ -94,7 +92,7 @@ async def includes(records: Records, query: SearchQuery, page: SearchPage) -> tu
     matches = page.matches
     if not (query.include or query.revinclude) or not matches:
         return [], False
-    repo, session = records.repo, records._session
+    repo = records.repo
     seen = {(v.type, v.id) for v in matches}
     docs = {(v.type, v.id): page.docs.get((v.type, v.id)) for v in matches}  # index fields, from the page
     frontier = list(matches)
@@ -116,7 +114,7 @@ async def includes(records: Records, query: SearchQuery, page: SearchPage) -> tu
                 if access is None or not ids:
                     continue
                 rows = await repo.find_docs(rtype, restrict({"_id": {"$in": ids}}, access), MAX_INCLUDED + 1,
-                                            session=session)
+                                            unit=records.unit_)
                 found += _take(rows, seen, docs)
         for inc in revs:
             if inc.source_type not in repo.types:
@@ -129,7 +127,7 @@ async def includes(records: Records, query: SearchQuery, page: SearchPage) -> tu
                 p.code for p in params_for(inc.source_type).values() if p.type == "reference"]
             conds = [{field_name(REFERENCE, p): {"$in": refs}} for p in params]
             flt = conds[0] if len(conds) == 1 else {"$or": conds}
-            rows = await repo.find_docs(inc.source_type, restrict(flt, access), MAX_INCLUDED + 1, session=session)
+            rows = await repo.find_docs(inc.source_type, restrict(flt, access), MAX_INCLUDED + 1, unit=records.unit_)
             found += _take(rows, seen, docs)
         found = [v for v in found if records.access.may_read("s", v.type, v.json)]
         room = MAX_INCLUDED - len(out)
@@ -160,7 +158,7 @@ async def _index_docs(records: Records, versions: list[Version], docs: dict) -> 
         if docs.get((v.type, v.id)) is None:
             missing.setdefault(v.type, []).append(v.id)
     for rtype, ids in missing.items():
-        for v, doc in await records.repo.find_docs(rtype, {"_id": {"$in": ids}}, len(ids), session=records._session):
+        for v, doc in await records.repo.find_docs(rtype, {"_id": {"$in": ids}}, len(ids), unit=records.unit_):
             docs[(rtype, v.id)] = doc
     return [(v, docs.get((v.type, v.id)) or {}) for v in versions]
 

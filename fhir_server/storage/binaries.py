@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from gridfs import AsyncGridFSBucket
+from gridfs.errors import NoFile
 from pymongo.asynchronous.database import AsyncDatabase
 
 CHUNK = 255 * 1024  # GridFS default chunk size
@@ -24,6 +25,12 @@ class BinaryStore:
 
     async def put(self, content: bytes, session=None) -> object:
         return await self._bucket.upload_from_stream("content", content, session=session)
+
+    async def delete(self, file_id: object) -> None:
+        try:
+            await self._bucket.delete(file_id)
+        except NoFile:
+            pass  # already gone (a rollback or a purge that ran before)
 
     async def stream(self, file_id: object, session=None) -> AsyncIterator[bytes]:
         grid_out = await self._bucket.open_download_stream(file_id, session=session)

@@ -7,12 +7,14 @@ same version, exactly one wins, the other gets a duplicate key and retries on to
 (or answers 412 when the client sent If-Match). The winner then applies the version to the
 current collection with an idempotent, version-guarded replace. If a writer dies between the two
 steps, the next writer finds the orphan history version and rolls it forward before going on.
-When a transaction session is given (transaction Bundles), the same steps run inside it.
+Inside a unit of work (transaction Bundles) the same steps run in a MongoDB transaction, or, on an
+engine without one, under the application-level commit protocol of storage/transactions.py.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -45,6 +47,7 @@ from fhir_server.storage.documents import (
     history_id,
     now_ms,
 )
+from fhir_server.storage.transactions import COMMITTED, H_TX, AppTransaction, recover, settle
 
 MAX_WRITE_ATTEMPTS = 64
 
@@ -53,11 +56,21 @@ class NoTransactions(Exception):
     """An atomic unit of work was asked of an engine without multi-document transactions."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Unit:
-    """An open unit of work; `session` is what repository calls take (None: no transaction)."""
+    """An open unit of work, passed to every repository call that belongs to it: a MongoDB session
+    in a native transaction, or the application-level transaction (storage/transactions.py)."""
 
-    session: AsyncClientSession | None
+    session: AsyncClientSession | None = None
+    tx: AppTransaction | None = None
+
+
+def _s(unit: Unit | None) -> AsyncClientSession | None:
+    return unit.session if unit is not None else None
+
+
+def _tx(unit: Unit | None) -> AppTransaction | None:
+    return unit.tx if unit is not None else None
 IndexFields = Callable[[dict], dict]
 IndexSpecs = Callable[[str], list[IndexModel]]
 
@@ -92,9 +105,12 @@ class Repository:
         index_fields: IndexFields = _no_index_fields,
         index_specs: IndexSpecs = _no_index_specs,
         transactions: bool = False,
+        crash_after: int | None = None,
     ) -> None:
         self.client = client
         self.transactions = transactions
+        self.crash_after = crash_after  # tests only: os._exit at the N-th write or commit step
+        self._steps = 0
         self.db = db
         self.types = types
         self.binaries = binaries
@@ -109,6 +125,7 @@ class Repository:
             await _ensure(self._history[t], [
                 IndexModel([(H_RESOURCE_ID, ASCENDING), (F_VERSION, DESCENDING)], name="rid_v"),
                 IndexModel([(F_UPDATED, DESCENDING), (F_ID, DESCENDING)], name="lu_id"),
+                IndexModel([(H_TX, ASCENDING)], name="tx", sparse=True),
             ])
             await _ensure(self._current[t], [IndexModel([(F_UPDATED, DESCENDING), (F_ID, DESCENDING)], name="lu_id"),
                                              *self._index_specs(t)])
@@ -118,36 +135,60 @@ class Repository:
 
     @contextlib.asynccontextmanager
     async def unit(self, *, atomic: bool = True) -> AsyncIterator[Unit]:
-        """A unit of work: every repository call given its `session` belongs to one MongoDB
-        multi-document transaction, committed when the block ends and aborted if it raises.
+        """A unit of work, committed when the block ends and rolled back if it raises.
 
-        `atomic=False` accepts running without one on an engine that has none (each write is then
-        atomic on its own); `atomic=True` there raises `NoTransactions` before anything is done."""
-        if not self.transactions:
-            if atomic:
-                raise NoTransactions("this engine has no multi-document transactions")
-            yield Unit(None)
+        Native MongoDB multi-document transaction where the engine has them; elsewhere the
+        application-level commit protocol of storage/transactions.py. `atomic=False` accepts
+        independent writes (each atomic on its own) where the engine has no transactions."""
+        if self.transactions:
+            async with self.client.start_session() as session:
+                async with await session.start_transaction():
+                    yield Unit(session)
             return
-        async with self.client.start_session() as session:
-            async with await session.start_transaction():
-                yield Unit(session)
+        if not atomic:
+            yield Unit()
+            return
+        tx = AppTransaction(self)
+        await tx.begin()
+        try:
+            yield Unit(tx=tx)
+        except BaseException:
+            await tx.abort()
+            raise
+        await tx.commit()
+
+    async def recover(self) -> int:
+        """Finish what crashed transactions left (start-up): roll committed ones forward, roll
+        abandoned ones back. Returns how many were settled."""
+        return await recover(self)
 
     # ---- reads -------------------------------------------------------------------------------
 
-    async def read(self, rtype: str, rid: str, session: AsyncClientSession | None = None) -> Version | None:
-        doc = await self._current[rtype].find_one({F_ID: rid}, session=session)
+    async def read(self, rtype: str, rid: str, unit: Unit | None = None) -> Version | None:
+        tx = _tx(unit)
+        if tx is not None and (rtype, rid) in tx.writes:  # this transaction's own write
+            hist = tx.writes[(rtype, rid)][0]
+            return None if hist[H_OP] == OP_DELETE else Version.from_history(rtype, hist)
+        doc = await self._current[rtype].find_one({F_ID: rid}, session=_s(unit))
         return Version.from_current(rtype, doc) if doc is not None else None
 
-    async def latest(self, rtype: str, rid: str, session: AsyncClientSession | None = None) -> Version | None:
+    async def latest(self, rtype: str, rid: str, unit: Unit | None = None) -> Version | None:
         """The newest version in history (a tombstone for a deleted resource), or None if never seen."""
+        tx = _tx(unit)
+        if tx is not None and (rtype, rid) in tx.writes:
+            return Version.from_history(rtype, tx.writes[(rtype, rid)][0])
         doc = await self._history[rtype].find_one(
-            {H_RESOURCE_ID: rid}, sort=[(F_VERSION, DESCENDING)], session=session
+            {H_RESOURCE_ID: rid, **COMMITTED}, sort=[(F_VERSION, DESCENDING)], session=_s(unit)
         )
         return Version.from_history(rtype, doc) if doc is not None else None
 
-    async def vread(self, rtype: str, rid: str, version: int, session: AsyncClientSession | None = None
+    async def vread(self, rtype: str, rid: str, version: int, unit: Unit | None = None
                     ) -> Version | None:
-        doc = await self._history[rtype].find_one({F_ID: history_id(rid, version)}, session=session)
+        hid = history_id(rid, version)
+        tx = _tx(unit)
+        if tx is not None and (rtype, rid) in tx.writes and tx.writes[(rtype, rid)][0][F_ID] == hid:
+            return Version.from_history(rtype, tx.writes[(rtype, rid)][0])
+        doc = await self._history[rtype].find_one({F_ID: hid, **COMMITTED}, session=_s(unit))
         return Version.from_history(rtype, doc) if doc is not None else None
 
     async def history(
@@ -158,10 +199,10 @@ class Repository:
         since: datetime | None = None,
         before: tuple[datetime, str] | None = None,
         count: int,
-        session: AsyncClientSession | None = None,
+        unit: Unit | None = None,
     ) -> list[Version]:
         """Versions newest first; `before` is the (lastUpdated, history _id) keyset cursor."""
-        query: dict = {}
+        query: dict = dict(COMMITTED)
         if rid is not None:
             query[H_RESOURCE_ID] = rid
         if since is not None:
@@ -170,12 +211,21 @@ class Repository:
             lu, hid = before
             query["$or"] = [{F_UPDATED: {"$lt": lu}}, {F_UPDATED: lu, F_ID: {"$lt": hid}}]
         sort = [(F_UPDATED, DESCENDING), (F_ID, DESCENDING)]
-        cursor = self._history[rtype].find(query, sort=sort, limit=count, session=session)
-        return [Version.from_history(rtype, d) async for d in cursor]
+        cursor = self._history[rtype].find(query, sort=sort, limit=count, session=_s(unit))
+        found = [Version.from_history(rtype, d) async for d in cursor]
+        tx = _tx(unit)
+        if tx is not None:  # this transaction's own versions, under the same conditions
+            mine = [Version.from_history(rtype, h) for (t, r), (h, _) in tx.writes.items()
+                    if t == rtype and (rid is None or r == rid) and (since is None or h[F_UPDATED] >= since)
+                    and (before is None or (h[F_UPDATED], h[F_ID]) < before)]
+            if mine:
+                key = lambda v: (v.last_updated, history_id(v.id, v.version))  # noqa: E731
+                found = sorted(found + mine, key=key, reverse=True)[:count]
+        return found
 
     async def find_page(
         self, rtype: str, flt: dict, sort: list[tuple[str, int]], limit: int, after: list | None = None,
-        docs: dict | None = None, session: AsyncClientSession | None = None,
+        docs: dict | None = None, unit: Unit | None = None,
     ) -> list[tuple[Version, list]]:
         """One page of a search: (version, keyset position) pairs in `sort` order (storage/keyset.py).
 
@@ -183,7 +233,7 @@ class Repository:
         _include can follow references without reading the page again."""
         if after is not None:
             flt = {"$and": [flt, keyset.after(sort, after)]} if flt else keyset.after(sort, after)
-        cursor = self._current[rtype].find(flt, sort=sort, limit=limit, session=session)
+        cursor = self._current[rtype].find(flt, sort=sort, limit=limit, session=_s(unit))
         out = []
         async for d in cursor:
             if docs is not None:
@@ -191,24 +241,24 @@ class Repository:
             out.append((Version.from_current(rtype, d), keyset.position(d, sort)))
         return out
 
-    async def find_docs(self, rtype: str, flt: dict, limit: int, session: AsyncClientSession | None = None
+    async def find_docs(self, rtype: str, flt: dict, limit: int, unit: Unit | None = None
                         ) -> list[tuple[Version, dict]]:
         """Matching current versions with their index fields (for _include/_revinclude)."""
-        cursor = self._current[rtype].find(flt, sort=[(F_ID, ASCENDING)], limit=limit, session=session)
+        cursor = self._current[rtype].find(flt, sort=[(F_ID, ASCENDING)], limit=limit, session=_s(unit))
         return [(Version.from_current(rtype, d), d) async for d in cursor]
 
     async def find_values(self, rtype: str, flt: dict, field: str, limit: int,
-                          session: AsyncClientSession | None = None) -> list:
+                          unit: Unit | None = None) -> list:
         """Distinct values of `field` (arrays flattened) over matching current versions (chains, _has)."""
         out: dict = {}
-        cursor = self._current[rtype].find(flt, projection={field: 1}, limit=limit, session=session)
+        cursor = self._current[rtype].find(flt, projection={field: 1}, limit=limit, session=_s(unit))
         async for doc in cursor:
             for value in keyset.values(doc, field):
                 out[value] = None
         return list(out)
 
-    async def count(self, rtype: str, flt: dict, session: AsyncClientSession | None = None) -> int:
-        return await self._current[rtype].count_documents(flt, session=session)
+    async def count(self, rtype: str, flt: dict, unit: Unit | None = None) -> int:
+        return await self._current[rtype].count_documents(flt, session=_s(unit))
 
     async def reindex(self, rtype: str, batch: int = 500) -> int:
         """Recompute the search index fields of every current version (after search definitions
@@ -231,13 +281,13 @@ class Repository:
 
     async def create(
         self, rtype: str, resource: dict, *, content: bytes | None = None, rid: str | None = None,
-        session: AsyncClientSession | None = None,
+        unit: Unit | None = None,
     ) -> Version:
         """Create with a server-assigned id (or `rid`, chosen by the caller, e.g. a transaction)."""
         for _ in range(MAX_WRITE_ATTEMPTS):
             new_id = rid or str(uuid.uuid4())
             try:
-                return await self._write_version(rtype, new_id, 1, OP_CREATE, resource, content, session)
+                return await self._write_version(rtype, new_id, 1, OP_CREATE, resource, content, unit)
             except DuplicateKeyError:
                 if rid is not None:
                     raise FhirError(409, "duplicate", f"{rtype}/{rid} already exists")
@@ -245,35 +295,35 @@ class Repository:
 
     async def update(
         self, rtype: str, rid: str, resource: dict, *, if_match: int | None = None,
-        content: bytes | None = None, session: AsyncClientSession | None = None,
+        content: bytes | None = None, unit: Unit | None = None,
     ) -> tuple[Version, bool]:
         """Update, or create with the client's id; returns (version, created)."""
         for _ in range(MAX_WRITE_ATTEMPTS):
-            current, exists = await self._current_version(rtype, rid, session)
+            current, exists = await self._current_version(rtype, rid, unit)
             self._check_if_match(rtype, rid, if_match, current, exists)
             version = current + 1
             op = OP_UPDATE if exists else OP_CREATE
             try:
-                written = await self._write_version(rtype, rid, version, op, resource, content, session)
+                written = await self._write_version(rtype, rid, version, op, resource, content, unit)
                 return written, not exists
             except DuplicateKeyError:
-                await self._after_lost_race(rtype, rid, version, session)
+                await self._after_lost_race(rtype, rid, version, unit)
         raise FhirError(409, "conflict", f"{rtype}/{rid} is being updated concurrently; try again")
 
     async def delete(
-        self, rtype: str, rid: str, *, if_match: int | None = None, session: AsyncClientSession | None = None
+        self, rtype: str, rid: str, *, if_match: int | None = None, unit: Unit | None = None
     ) -> Version | None:
         """Write a tombstone; None when there was nothing to delete (delete is idempotent)."""
         for _ in range(MAX_WRITE_ATTEMPTS):
-            current, exists = await self._current_version(rtype, rid, session)
+            current, exists = await self._current_version(rtype, rid, unit)
             self._check_if_match(rtype, rid, if_match, current, exists)
             if not exists:
                 return None
             version = current + 1
             try:
-                return await self._write_version(rtype, rid, version, OP_DELETE, None, None, session)
+                return await self._write_version(rtype, rid, version, OP_DELETE, None, None, unit)
             except DuplicateKeyError:
-                await self._after_lost_race(rtype, rid, version, session)
+                await self._after_lost_race(rtype, rid, version, unit)
         raise FhirError(409, "conflict", f"{rtype}/{rid} is being updated concurrently; try again")
 
     @staticmethod
@@ -282,28 +332,39 @@ class Repository:
             state = f"is at version {current}" if current else "does not exist"
             raise FhirError(412, "conflict", f"If-Match expected version {if_match} but {rtype}/{rid} {state}")
 
-    async def _current_version(self, rtype: str, rid: str, session) -> tuple[int, bool]:
+    async def _current_version(self, rtype: str, rid: str, unit: Unit | None) -> tuple[int, bool]:
         """(newest version number, whether the resource currently exists)."""
-        doc = await self._current[rtype].find_one({F_ID: rid}, projection={F_VERSION: 1}, session=session)
+        tx = _tx(unit)
+        if tx is not None and (rtype, rid) in tx.writes:
+            hist = tx.writes[(rtype, rid)][0]
+            return hist[F_VERSION], hist[H_OP] != OP_DELETE
+        doc = await self._current[rtype].find_one({F_ID: rid}, projection={F_VERSION: 1}, session=_s(unit))
+        latest = await self._history[rtype].find_one(
+            {H_RESOURCE_ID: rid}, projection={F_JSON: 0}, sort=[(F_VERSION, DESCENDING)], session=_s(unit)
+        ) if doc is None or tx is not None else None
+        if latest is not None and latest.get(H_TX) is not None:
+            # another transaction's version: finish it if committed, else wait for it (409)
+            await settle(self, rtype, latest)
+            return await self._current_version(rtype, rid, unit)
         if doc is not None:
             return doc[F_VERSION], True
-        latest = await self._history[rtype].find_one(
-            {H_RESOURCE_ID: rid}, projection={F_JSON: 0}, sort=[(F_VERSION, DESCENDING)], session=session
-        )
         if latest is None:
             return 0, False
         if latest[H_OP] != OP_DELETE:  # its writer is mid-flight or died: finish its work
-            full = await self._history[rtype].find_one({F_ID: latest[F_ID]}, session=session)
+            full = await self._history[rtype].find_one({F_ID: latest[F_ID]}, session=_s(unit))
             assert full is not None, "history entries are never removed"
-            await self._roll_forward(rtype, full, session)
+            await self._roll_forward(rtype, full, _s(unit))
             return latest[F_VERSION], True
         return latest[F_VERSION], False
 
-    async def _after_lost_race(self, rtype: str, rid: str, version: int, session) -> None:
-        if session is not None:  # inside a transaction the engine has aborted it already
+    async def _after_lost_race(self, rtype: str, rid: str, version: int, unit: Unit | None) -> None:
+        if unit is not None and (unit.session is not None or unit.tx is not None):
+            # inside a transaction: the engine aborted it already, or ours is rolled back by its owner
             raise FhirError(409, "conflict", f"{rtype}/{rid} was modified concurrently")
         orphan = await self._history[rtype].find_one({F_ID: history_id(rid, version)})
-        if orphan is not None:
+        if orphan is not None and orphan.get(H_TX) is not None:
+            await settle(self, rtype, orphan)
+        elif orphan is not None:
             await self._roll_forward(rtype, orphan, None)
 
     async def _roll_forward(self, rtype: str, hist: dict, session) -> None:
@@ -311,7 +372,8 @@ class Repository:
         await self._apply(rtype, hist, resource, session)
 
     async def _write_version(
-        self, rtype: str, rid: str, version: int, op: str, resource: dict | None, content: bytes | None, session
+        self, rtype: str, rid: str, version: int, op: str, resource: dict | None, content: bytes | None,
+        unit: Unit | None,
     ) -> Version:
         updated = now_ms()
         hist: dict = {F_ID: history_id(rid, version), H_RESOURCE_ID: rid, F_VERSION: version,
@@ -327,11 +389,25 @@ class Repository:
             resource = stamped
             hist[F_JSON] = orjson.dumps(resource)
             if content is not None:
-                hist[F_BINARY] = await self.binaries.put(content, session=session)
+                hist[F_BINARY] = await self.binaries.put(content, session=_s(unit))
                 hist[F_BINARY_SIZE] = len(content)
-        await self._history[rtype].insert_one(hist, session=session)
-        await self._apply(rtype, hist, resource, session)
+        tx = _tx(unit)
+        if tx is not None:  # pending: invisible to readers until the transaction commits
+            hist[H_TX] = tx.id
+            await self._history[rtype].insert_one(hist)
+            tx.wrote(rtype, rid, hist, resource)
+            return Version.from_history(rtype, hist)
+        await self._history[rtype].insert_one(hist, session=_s(unit))
+        self.step()
+        await self._apply(rtype, hist, resource, _s(unit))
         return Version.from_history(rtype, hist)
+
+    def step(self) -> None:
+        """A point in a write or commit where a crash-injection test may stop the process."""
+        if self.crash_after is not None:
+            self._steps += 1
+            if self._steps >= self.crash_after:
+                os._exit(70)
 
     async def _apply(self, rtype: str, hist: dict, resource: dict | None, session) -> None:
         """Make `hist` the current version unless a newer one is current already (idempotent)."""

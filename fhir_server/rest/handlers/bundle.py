@@ -8,16 +8,17 @@ refuse it up front instead of applying half of it.
 
 from __future__ import annotations
 
+import re
 import uuid
 from urllib.parse import parse_qsl, urlsplit
 
 from fhir_server.fhir.outcome import FhirError
-from fhir_server.fhir.types import URN_UUID_RE
+from fhir_server.fhir.types import SUPPORTED, URN_UUID_RE
 from fhir_server.fhir.validation import structural_issues
 from fhir_server.rest.context import RequestContext
 from fhir_server.rest.handlers import conditional
 from fhir_server.rest.handlers.common import materialize, resource_body
-from fhir_server.rest.interaction import BUNDLE, CREATE, Interaction, parse
+from fhir_server.rest.interaction import BUNDLE, CREATE, SEARCH_TYPE, Interaction, parse
 from fhir_server.rest.result import Result, entry_response, error_result
 from fhir_server.storage.documents import Version
 
@@ -97,13 +98,6 @@ async def _batch(ctx: RequestContext, ix: Interaction, entries: list, dispatch) 
 
 
 async def _transaction(ctx: RequestContext, ix: Interaction, entries: list, dispatch) -> Result:
-    if not ctx.services.engine.transactions:
-        raise FhirError(
-            501, "not-supported",
-            f"transaction Bundles need multi-document transactions, which this database engine "
-            f"({ctx.services.engine.name} {ctx.services.engine.version}) does not provide; nothing was applied. "
-            "Use a batch Bundle, or run on a MongoDB replica set.",
-        )
     parsed: list[Interaction] = []
     for i, entry in enumerate(entries):
         try:
@@ -116,6 +110,7 @@ async def _transaction(ctx: RequestContext, ix: Interaction, entries: list, disp
         parsed.append(entry_ix)
     await _resolve_conditional_creates(ctx, entries, parsed)
     _assign_ids(entries, parsed)
+    await _resolve_conditional_references(ctx, parsed)
     order = sorted(range(len(parsed)), key=lambda i: _ORDER.get(parsed[i].method, 9))
     results: list[dict | None] = [None] * len(parsed)
     async with ctx.data.unit() as unit:
@@ -163,6 +158,47 @@ def _assign_ids(entries: list, parsed: list[Interaction]) -> None:
     for eix in parsed:
         if eix.resource is not None and mapping:
             _rewrite(eix.resource, mapping)
+
+
+_CONDITIONAL_REF = re.compile(r"(?P<type>[A-Z][A-Za-z]+)\?(?P<query>.+)")
+
+
+async def _resolve_conditional_references(ctx: RequestContext, parsed: list[Interaction]) -> None:
+    """`Practitioner?identifier=…` references become the one resource they match
+    (https://hl7.org/fhir/R4/http.html#trules): no match or several fail the whole transaction."""
+    resolved: dict[str, str] = {}
+    for eix in parsed:
+        if eix.resource is None:
+            continue
+        for ref in _references(eix.resource):
+            m = _CONDITIONAL_REF.fullmatch(ref)
+            if m is None or ref in resolved or m["type"] not in SUPPORTED:
+                continue
+            probe = Interaction(kind=SEARCH_TYPE, method="GET", type=m["type"])
+            found = await conditional.matches(ctx, probe, parse_qsl(m["query"], keep_blank_values=True), 2)
+            if len(found) != 1:
+                raise FhirError(412 if found else 404, "multiple-matches" if found else "not-found",
+                                f"the conditional reference '{ref[:120]}' matches "
+                                f"{'several resources' if found else 'no resource'}; nothing was applied")
+            resolved[ref] = f"{m['type']}/{found[0].id}"
+    if resolved:
+        for eix in parsed:
+            if eix.resource is not None:
+                _rewrite(eix.resource, resolved)
+
+
+def _references(node) -> list[str]:
+    out: list[str] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "reference" and isinstance(value, str):
+                out.append(value)
+            else:
+                out.extend(_references(value))
+    elif isinstance(node, list):
+        for item in node:
+            out.extend(_references(item))
+    return out
 
 
 def _rewrite(node, mapping: dict[str, str]) -> None:
