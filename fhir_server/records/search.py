@@ -67,16 +67,20 @@ async def run(records: Records, rtype: str, query: SearchQuery, *, compartment: 
               count: int, after: list | None, want_total: bool) -> SearchPage:
     """One page (`count` matches at most, after the keyset position `after`) and the total."""
     flt = await matching_filter(records, rtype, query, compartment)
-    total = await records.repo.count(rtype, flt, unit=records.unit_) if want_total else None
+    total = None
     page_docs: dict = {}
     matches: list[Version] = []
     next_position = None
     if count:
         page = await records.repo.find_page(rtype, flt, sort, count + 1, after, docs=page_docs, unit=records.unit_)
+        if want_total and after is None and len(page) <= count:
+            total = len(page)  # the first page holds every match: the count is known without counting
         if len(page) > count:
             page = page[:count]
             next_position = page[-1][1]
         matches = [v for v, _ in page if records.access.may_read("s", v.type, v.json)]
+    if want_total and total is None:
+        total = await records.repo.count(rtype, flt, unit=records.unit_)
     await records._disclose(matches)
     return SearchPage(matches, next_position, total, page_docs)
 
