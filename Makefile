@@ -8,9 +8,9 @@ FERRETDB := $(TOOLS)/bin/ferretdb
 MONGOECO := $(TOOLS)/mongoeco-venv
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint bench capability clean browser
+.PHONY: setup run test lint bench capability clean browser postgresql
 
-setup: $(VENV)/.installed $(FERRETDB) $(MONGOECO)/.installed browser
+setup: $(VENV)/.installed $(FERRETDB) $(MONGOECO)/.installed browser postgresql
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
@@ -29,7 +29,10 @@ $(MONGOECO)/.installed: scripts/setup-mongoeco.sh
 browser:
 	@scripts/setup-chromium.sh
 
-run: $(VENV)/.installed $(FERRETDB)
+postgresql:
+	@scripts/setup-postgresql.sh
+
+run: $(VENV)/.installed $(FERRETDB) postgresql
 	$(BIN)/fhir-server serve
 
 # The structure stays: style and errors (ruff), types (mypy), the layers of docs/decisions.md (import-linter).

@@ -56,7 +56,7 @@ def _serve(args: argparse.Namespace) -> int:
             lock.release()
             raise
         lock.publish(engine.uri, "server")
-        print(f"embedded FerretDB (SQLite) on {engine.uri}, data in {settings.data_dir / 'ferretdb'}", file=sys.stderr)
+        print(f"embedded {engine.describe()} on {engine.uri}, data in {settings.data_dir}", file=sys.stderr)
     if settings.insecure_dev_mode:
         bar = "!" * 78
         print(f"{bar}\nWARNING: INSECURE DEV MODE (FHIR_INSECURE_DEV_MODE=true): requests WITHOUT an access token get\n"
@@ -129,9 +129,9 @@ def _capabilities(args: argparse.Namespace) -> int:
 
 def _embedded(settings: Settings):
     """The embedded engine of `settings.data_dir` (not started)."""
-    from fhir_server.engine.ferretdb import EmbeddedFerretDB
+    from fhir_server.engine.embedded import EmbeddedEngine
 
-    return EmbeddedFerretDB(settings.ferretdb_bin, settings.data_dir / "ferretdb", settings.ferretdb_port)
+    return EmbeddedEngine(settings.ferretdb_bin, settings.data_dir, settings.ferretdb_port, settings.embedded_backend)
 
 
 def _with_db(work) -> int:

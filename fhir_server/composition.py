@@ -54,17 +54,18 @@ def connect(settings: Settings, uri: str | None = None, **options) -> AsyncMongo
 
 
 def repository(client: AsyncMongoClient, db: AsyncDatabase, transactions: bool = False,
-               crash_after: int | None = None) -> Repository:
+               crash_after: int | None = None, engine: EngineCapabilities | None = None) -> Repository:
     """The resource repository with the search index extraction of fhir_server/search."""
     return Repository(client, db, SUPPORTED_TYPES, BinaryStore(db), index_fields=index_fields,
-                      index_specs=index_specs, transactions=transactions, crash_after=crash_after)
+                      index_specs=index_specs, transactions=transactions, crash_after=crash_after,
+                      in_pushdown=engine is None or engine.name != "ferretdb")
 
 
 async def build(settings: Settings, client: AsyncMongoClient, *, policies: Sequence[Policy] = (),
                 hooks: Sequence[Hook] = ()) -> Services:
     db = client[settings.database]
     engine = await detect(client, settings.database)
-    repo = repository(client, db, engine.transactions, settings.test_crash_after_step)
+    repo = repository(client, db, engine.transactions, settings.test_crash_after_step, engine)
     await repo.ensure_indexes()
     await repo.recover()  # what transactions interrupted by a crash left: finished or undone
     auth = AuthServer(settings, db, PatientPicker(repo))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,6 +25,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("var"), description="Where the embedded engine keeps its data")
     ferretdb_bin: Path = Field(Path(".tools/bin/ferretdb"), description="Embedded FerretDB binary")
     ferretdb_port: int = Field(0, description="Embedded FerretDB port (0: pick a free one)")
+    embedded_backend: Literal["postgresql", "sqlite"] = Field(
+        "postgresql", description="Storage of the embedded FerretDB: a private PostgreSQL cluster (indexed "
+                                  "searches) or SQLite (lighter; searches scan)")
     max_body_bytes: int = Field(32 * 1024 * 1024, description="Largest request body accepted")
     binary_inline_max_bytes: int = Field(
         256 * 1024, description="Binary content above this size is kept in GridFS and streamed"

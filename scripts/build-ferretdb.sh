@@ -33,6 +33,18 @@ chmod -R u+w "$WORK"
 # filter keys are ANDed and the handler re-applies the whole filter to whatever Query returns
 # (backends.Collection contract: "Filter may be ... safely applied partially"; limits are not pushed
 # down with a filter), so selecting by the _id index first returns the same documents.
+#
+# pg-gin-index: on the PostgreSQL backend every pushed-down filter is `_jsonb->'f' @> value`
+# (query.go, filterEqual), which a btree index on `(_jsonb->'f')` cannot serve, so every search
+# scanned (docs/benchmarks.md, search benchmark). Non-unique indexes whose fields do not start
+# with "_" — the FHIR server's search index fields, which may hold arrays — are created as GIN
+# `jsonb_path_ops` indexes instead, which serve exactly that containment operator for scalars and
+# array elements alike; storage fields (`_id`, `_lu`, …) keep btree (sorting, ranges).
+#
+# pg-id-equality: the PostgreSQL backend pushed `{_id: v}` down as `_jsonb->$1 @> $2`, which the
+# unique btree index on `(_jsonb->'_id')` cannot serve: every read by id scanned the table. For
+# string and ObjectID ids it is now `_jsonb->'_id' = $1`, the index's own expression (equal
+# results: an _id is never an array, and containment of a scalar is equality).
 PATCHES="none"
 if [ "${FERRETDB_NO_PATCHES:-0}" = 1 ]; then
   echo "warning: FERRETDB_NO_PATCHES=1: building FerretDB ${VERSION} without its source patch" >&2
@@ -106,7 +118,73 @@ PATCH
 PATCH
   [ "$(grep -cF 'if v := filterID(params.Filter); v != nil {' "$WORK/internal/backends/sqlite/collection.go")" = 2 ] \
     || { echo "FerretDB ${VERSION}: patch sqlite-id-pushdown not in effect" >&2; exit 1; }
-  PATCHES="sqlite-id-index,sqlite-id-pushdown"
+  patch -d "$WORK" -p1 --forward --batch --fuzz=0 --no-backup-if-mismatch -r - <<'PATCH' || { echo "FerretDB ${VERSION}: patch pg-gin-index does not apply; update it in $0" >&2; exit 1; }
+--- a/internal/backends/postgresql/metadata/registry.go
++++ b/internal/backends/postgresql/metadata/registry.go
+@@ -817,7 +817,21 @@
+ 			q += "UNIQUE "
+ 		}
+ 
+-		q += "INDEX %s ON %s (%s)"
++		// Patched (FHIR server, scripts/build-ferretdb.sh): indexes on fields not starting with "_"
++		// (the FHIR server's search index fields, often arrays) become GIN jsonb_path_ops indexes,
++		// which serve the `_jsonb->'f' @> value` filters FerretDB pushes down; btree cannot.
++		gin := !index.Unique
++		for _, key := range index.Key {
++			if strings.HasPrefix(key.Field, "_") {
++				gin = false
++			}
++		}
++
++		if gin {
++			q += "INDEX %s ON %s USING gin (%s)"
++		} else {
++			q += "INDEX %s ON %s (%s)"
++		}
+ 
+ 		columns := make([]string, len(index.Key))
+ 
+@@ -832,7 +846,9 @@
+ 			}
+ 
+ 			columns[i] = fmt.Sprintf("((%s->%s))", DefaultColumn, strings.Join(transformedParts, " -> "))
+-			if key.Descending {
++			if gin {
++				columns[i] += " jsonb_path_ops"
++			} else if key.Descending {
+ 				columns[i] += " DESC"
+ 			}
+ 		}
+PATCH
+  grep -qF 'q += "INDEX %s ON %s USING gin (%s)"' "$WORK/internal/backends/postgresql/metadata/registry.go" \
+    || { echo "FerretDB ${VERSION}: patch pg-gin-index not in effect" >&2; exit 1; }
+  patch -d "$WORK" -p1 --forward --batch --fuzz=0 --no-backup-if-mismatch -r - <<'PATCH' || { echo "FerretDB ${VERSION}: patch pg-id-equality does not apply; update it in $0" >&2; exit 1; }
+--- a/internal/backends/postgresql/query.go
++++ b/internal/backends/postgresql/query.go
+@@ -137,6 +137,19 @@
+ 			panic("Invalid error type: PathError expected")
+ 		}
+ 
++		// Patched (FHIR server, scripts/build-ferretdb.sh): `_id` equality written as the unique
++		// index's own expression and operator, so reads and guarded writes by id use the index
++		// (`->$1 @> $2` can use neither the btree nor, with the key as a parameter, any index).
++		if rootKey == "_id" {
++			switch rootVal.(type) {
++			case string, types.ObjectID:
++				filters = append(filters, fmt.Sprintf(`%s->'_id' = %s`, metadata.DefaultColumn, p.Next()))
++				args = append(args, string(must.NotFail(sjson.MarshalSingleValue(rootVal))))
++
++				continue
++			}
++		}
++
+ 		switch v := rootVal.(type) {
+ 		case *types.Document:
+ 			iter := v.Iterator()
+PATCH
+  grep -qF "filters = append(filters, fmt.Sprintf(\`%s->'_id' = %s\`" "$WORK/internal/backends/postgresql/query.go" \
+    || { echo "FerretDB ${VERSION}: patch pg-id-equality not in effect" >&2; exit 1; }
+  PATCHES="sqlite-id-index,sqlite-id-pushdown,pg-gin-index,pg-id-equality"
 fi
 
 echo "$VERSION" > "$WORK/build/version/version.txt"

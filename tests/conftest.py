@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fhir_server.engine.ferretdb import EmbeddedFerretDB
+from fhir_server.engine.embedded import EmbeddedEngine
 
 ROOT = Path(__file__).resolve().parent.parent
 FERRETDB_BIN = Path(os.environ.get("FERRETDB_BIN", ROOT / ".tools" / "bin" / "ferretdb"))
@@ -34,7 +34,9 @@ TEST_MAX_BODY = 2 * 1024 * 1024
 def ferretdb_uri(tmp_path_factory) -> str:
     if not FERRETDB_BIN.exists():
         pytest.fail(f"FerretDB is not built at {FERRETDB_BIN}; run `make setup`")
-    engine = EmbeddedFerretDB(FERRETDB_BIN, tmp_path_factory.mktemp("ferretdb"))
+    # the embedded default: FerretDB on a private PostgreSQL cluster (FHIR_TEST_BACKEND=sqlite: SQLite)
+    engine = EmbeddedEngine(FERRETDB_BIN, tmp_path_factory.mktemp("engine"),
+                            backend=os.environ.get("FHIR_TEST_BACKEND", "postgresql"))
     uri = engine.start()
     yield uri
     engine.stop()

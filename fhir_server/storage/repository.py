@@ -50,6 +50,7 @@ from fhir_server.storage.documents import (
 from fhir_server.storage.transactions import COMMITTED, H_TX, AppTransaction, recover, settle
 
 MAX_WRITE_ATTEMPTS = 64
+MAX_SPLIT = 1001  # ids looked up one by one where the engine cannot use an index for `$in`
 
 
 class NoTransactions(Exception):
@@ -95,6 +96,32 @@ async def _ensure(collection, models: list[IndexModel]) -> None:
             await collection.create_indexes([model])
 
 
+def flatten(flt: dict) -> dict:
+    """The same filter with the field conditions of `$and` parts lifted to the top level.
+
+    MongoDB plans either form alike; FerretDB v1 pushes down to SQL (and so to indexes) only
+    top-level field conditions, and the access decision arrives as `{"$and": [criteria, access]}`
+    (docs/mongodb-compat.md). Conjunction is unchanged: a key already present, and every `$`
+    operator, stays inside a remaining `$and`."""
+    if "$and" not in flt:
+        return flt
+    out = {k: v for k, v in flt.items() if k != "$and"}
+    rest = []
+    for part in flt["$and"]:
+        part = flatten(part) if isinstance(part, dict) else part
+        if not isinstance(part, dict):
+            rest.append(part)
+            continue
+        for k, v in part.items():
+            if k.startswith("$") or k in out:
+                rest.append({k: v})
+            else:
+                out[k] = v
+    if rest:
+        out["$and"] = rest
+    return out
+
+
 class Repository:
     def __init__(
         self,
@@ -106,7 +133,9 @@ class Repository:
         index_specs: IndexSpecs = _no_index_specs,
         transactions: bool = False,
         crash_after: int | None = None,
+        in_pushdown: bool = True,
     ) -> None:
+        self.in_pushdown = in_pushdown  # False: the engine scans for `$in` (FerretDB v1), split it
         self.client = client
         self.transactions = transactions
         self.crash_after = crash_after  # tests only: os._exit at the N-th write or commit step
@@ -233,7 +262,7 @@ class Repository:
         _include can follow references without reading the page again."""
         if after is not None:
             flt = {"$and": [flt, keyset.after(sort, after)]} if flt else keyset.after(sort, after)
-        cursor = self._current[rtype].find(flt, sort=sort, limit=limit, session=_s(unit))
+        cursor = self._current[rtype].find(flatten(flt), sort=sort, limit=limit, session=_s(unit))
         out = []
         async for d in cursor:
             if docs is not None:
@@ -244,6 +273,16 @@ class Repository:
     async def find_docs(self, rtype: str, flt: dict, limit: int, unit: Unit | None = None
                         ) -> list[tuple[Version, dict]]:
         """Matching current versions with their index fields (for _include/_revinclude)."""
+        flt = flatten(flt)
+        ids = flt.get(F_ID, {}).get("$in") if isinstance(flt.get(F_ID), dict) and len(flt[F_ID]) == 1 else None
+        if ids is not None and not self.in_pushdown and len(ids) <= MAX_SPLIT:
+            # FerretDB v1 does not push `$in` down: one indexed equality per id instead of a scan
+            out = []
+            for rid in sorted(set(ids))[:limit]:
+                doc = await self._current[rtype].find_one({**flt, F_ID: rid}, session=_s(unit))
+                if doc is not None:
+                    out.append((Version.from_current(rtype, doc), doc))
+            return out
         cursor = self._current[rtype].find(flt, sort=[(F_ID, ASCENDING)], limit=limit, session=_s(unit))
         return [(Version.from_current(rtype, d), d) async for d in cursor]
 
@@ -251,14 +290,14 @@ class Repository:
                           unit: Unit | None = None) -> list:
         """Distinct values of `field` (arrays flattened) over matching current versions (chains, _has)."""
         out: dict = {}
-        cursor = self._current[rtype].find(flt, projection={field: 1}, limit=limit, session=_s(unit))
+        cursor = self._current[rtype].find(flatten(flt), projection={field: 1}, limit=limit, session=_s(unit))
         async for doc in cursor:
             for value in keyset.values(doc, field):
                 out[value] = None
         return list(out)
 
     async def count(self, rtype: str, flt: dict, unit: Unit | None = None) -> int:
-        return await self._current[rtype].count_documents(flt, session=_s(unit))
+        return await self._current[rtype].count_documents(flatten(flt), session=_s(unit))
 
     async def reindex(self, rtype: str, batch: int = 500) -> int:
         """Recompute the search index fields of every current version (after search definitions

@@ -428,3 +428,14 @@ def test_data_file_is_valid_json_with_sorted_keys():
     data = json.loads(text)
     assert data["fhirVersion"] == "4.0.1"
     assert json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n" == text
+
+
+def test_flatten_lifts_conjunction_fields_without_changing_meaning():
+    from fhir_server.storage.repository import flatten
+
+    assert flatten({"$and": [{"a": 1}, {"b": 2, "$or": [{"c": 3}, {"d": 4}]}]}) == {
+        "a": 1, "b": 2, "$and": [{"$or": [{"c": 3}, {"d": 4}]}]}
+    # a key present twice stays a conjunction of both conditions
+    assert flatten({"$and": [{"a": 1}, {"a": {"$ne": 2}}]}) == {"a": 1, "$and": [{"a": {"$ne": 2}}]}
+    assert flatten({"x": 1}) == {"x": 1}
+    assert flatten({"$and": [{"$and": [{"a": 1}]}, {"b": 2}]}) == {"a": 1, "b": 2}
