@@ -6,6 +6,7 @@ token would add one, through the repository's own shaping (`flatten`)."""
 from __future__ import annotations
 
 import json
+import os
 import uuid
 
 import pytest
@@ -19,6 +20,8 @@ from fhir_server.storage.repository import flatten
 from tests.conftest import start_server, stop_server
 
 FHIR = {"Content-Type": "application/fhir+json"}
+pytestmark = pytest.mark.skipif(os.environ.get("FHIR_TEST_BACKEND", "postgresql") != "postgresql",
+                                reason="plans are read from the default engine (FerretDB on PostgreSQL)")
 N = 400
 LOINC = "http://loinc.org"
 
