@@ -57,6 +57,7 @@ from pymongo import MongoClient  # noqa: E402
 from pymongo.errors import BulkWriteError  # noqa: E402
 
 from fhir_server.engine.ferretdb import EmbeddedFerretDB  # noqa: E402
+from fhir_server.engine.postgres import SETTINGS  # noqa: E402
 from fhir_server.search.extract import index_fields, index_specs  # noqa: E402
 from fhir_server.storage.documents import (  # noqa: E402
     F_ID,
@@ -105,7 +106,7 @@ class PgEngine:
         url = self.pg.start()
         for k, v in self.TUNING.items():
             self.psql(f"ALTER SYSTEM SET {k} = {v}", db="postgres")
-        opts = f"-p {self.pg.port} -k {self.pg.root} -c listen_addresses=127.0.0.1"
+        opts = f"-p {self.pg.port} -k {self.pg.root} {SETTINGS}"
         self._run([str(self.pg.bindir / "pg_ctl"), "-D", str(self.pg.data), "-l", str(self.pg.root / "postgres.log"),
                    "-w", "-t", "60", "-o", opts, "restart"])
         self.ferret = EmbeddedFerretDB(FERRETDB_BIN, self.root / "ferretdb", handler="postgresql", postgresql_url=url)
