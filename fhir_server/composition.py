@@ -58,7 +58,7 @@ def repository(client: AsyncMongoClient, db: AsyncDatabase, transactions: bool =
     """The resource repository with the search index extraction of fhir_server/search."""
     return Repository(client, db, SUPPORTED_TYPES, BinaryStore(db), index_fields=index_fields,
                       index_specs=index_specs, transactions=transactions, crash_after=crash_after,
-                      in_pushdown=engine is None or engine.name != "ferretdb")
+                      in_pushdown=engine is None or engine.in_pushdown)
 
 
 async def build(settings: Settings, client: AsyncMongoClient, *, policies: Sequence[Policy] = (),

@@ -45,6 +45,14 @@ chmod -R u+w "$WORK"
 # unique btree index on `(_jsonb->'_id')` cannot serve: every read by id scanned the table. For
 # string and ObjectID ids it is now `_jsonb->'_id' = $1`, the index's own expression (equal
 # results: an _id is never an array, and containment of a scalar is equality).
+#
+# pg-logical-pushdown: the PostgreSQL backend pushed nothing down for top-level `$or`/`$and` nor
+# for `$in`, so the server's patient-compartment filter ({$or: [{subject: p}, {author: p}]}),
+# `_id` lists and `_revinclude`/chained lookups ({field: {$in: [...]}}) scanned the table. `$in` is
+# now the OR of the per-value equalities (`_id` by its primary-key expression; at most 1000 values),
+# and `$or`/`$and` the OR/AND of their branches' pushed-down conditions (`$or` pushes nothing if a
+# branch pushes nothing). Each pushed-down condition selects a superset of the matches and the
+# handler re-applies the whole filter, as for the existing pushdown.
 PATCHES="none"
 if [ "${FERRETDB_NO_PATCHES:-0}" = 1 ]; then
   echo "warning: FERRETDB_NO_PATCHES=1: building FerretDB ${VERSION} without its source patch" >&2
@@ -184,7 +192,163 @@ PATCH
 PATCH
   grep -qF "filters = append(filters, fmt.Sprintf(\`%s->'_id' = %s\`" "$WORK/internal/backends/postgresql/query.go" \
     || { echo "FerretDB ${VERSION}: patch pg-id-equality not in effect" >&2; exit 1; }
-  PATCHES="sqlite-id-index,sqlite-id-pushdown,pg-gin-index,pg-id-equality"
+  patch -d "$WORK" -p1 --forward --batch --fuzz=0 --no-backup-if-mismatch -r - <<'PATCH' || { echo "FerretDB ${VERSION}: patch pg-logical-pushdown does not apply; update it in $0" >&2; exit 1; }
+--- a/internal/backends/postgresql/query.go
++++ b/internal/backends/postgresql/query.go
+@@ -114,6 +114,15 @@
+ 		//
+ 		// all of the other top-level operators such as `$or` do not support pushdown yet
+ 		if strings.HasPrefix(rootKey, "$") {
++			// Patched (FHIR server, scripts/build-ferretdb.sh): `$or` and `$and` of pushable
++			// branches are pushed down, so that their conditions can use indexes.
++			if f, a, err := filterLogical(p, rootKey, rootVal); err != nil {
++				return "", nil, lazyerrors.Error(err)
++			} else if f != "" {
++				filters = append(filters, f)
++				args = append(args, a...)
++			}
++
+ 			continue
+ 		}
+ 
+@@ -167,6 +176,13 @@
+ 				}
+ 
+ 				switch k {
++				case "$in":
++					// Patched (FHIR server, scripts/build-ferretdb.sh): see filterIn.
++					if f, a := filterIn(p, rootKey, key, v, keyOperator); f != "" {
++						filters = append(filters, f)
++						args = append(args, a...)
++					}
++
+ 				case "$eq":
+ 					if f, a := filterEqual(p, key, v, keyOperator); f != "" {
+ 						filters = append(filters, f)
+@@ -342,3 +358,119 @@
+ 
+ 	return
+ }
++
++// maxInPushdown bounds the number of `$in` values pushed down as one SQL condition.
++const maxInPushdown = 1000
++
++// filterLogical returns a SQL condition selecting a superset of the documents matching a top-level
++// `$or` or `$and` (patched in by the FHIR server, scripts/build-ferretdb.sh).
++//
++// Each branch is pushed down as a whole filter would be (with dotted keys removed, as the handler
++// does for the root unless nested pushdown is enabled). A branch that pushes nothing down selects
++// everything, so an `$or` with such a branch pushes nothing down, and an `$and` skips it.
++// The handler applies the whole filter to what the query returns, so a superset is correct.
++func filterLogical(p *metadata.Placeholder, op string, v any) (string, []any, error) {
++	if op != "$or" && op != "$and" {
++		return "", nil, nil
++	}
++
++	branches, ok := v.(*types.Array)
++	if !ok || branches.Len() == 0 {
++		return "", nil, nil
++	}
++
++	saved := *p
++
++	var parts []string
++	var args []any
++
++	for i := 0; i < branches.Len(); i++ {
++		b, ok := must.NotFail(branches.Get(i)).(*types.Document)
++		if !ok {
++			*p = saved
++			return "", nil, nil
++		}
++
++		b = b.DeepCopy()
++		for _, k := range b.Keys() {
++			if strings.ContainsRune(k, '.') {
++				b.Remove(k)
++			}
++		}
++
++		where, a, err := prepareWhereClause(p, b)
++		if err != nil {
++			return "", nil, lazyerrors.Error(err)
++		}
++
++		if where == "" {
++			if op == "$or" {
++				*p = saved
++				return "", nil, nil
++			}
++
++			continue
++		}
++
++		parts = append(parts, "("+strings.TrimPrefix(where, " WHERE ")+")")
++		args = append(args, a...)
++	}
++
++	if len(parts) == 0 {
++		*p = saved
++		return "", nil, nil
++	}
++
++	sep := " AND "
++	if op == "$or" {
++		sep = " OR "
++	}
++
++	return "(" + strings.Join(parts, sep) + ")", args, nil
++}
++
++// filterIn returns a SQL condition selecting the documents where the value under k equals (or, for
++// an array, contains) one of the values of the `$in` array v: the equality conditions of the
++// values, ORed (patched in by the FHIR server, scripts/build-ferretdb.sh), so that each can use
++// the field's index. `_id` uses the primary key's expression, as in the `_id` equality patch.
++// Nothing is pushed down for more than maxInPushdown values or any value equality cannot push down.
++func filterIn(p *metadata.Placeholder, rootKey string, k any, v any, operator string) (string, []any) {
++	values, ok := v.(*types.Array)
++	if !ok || values.Len() > maxInPushdown {
++		return "", nil
++	}
++
++	if values.Len() == 0 {
++		return "FALSE", nil
++	}
++
++	saved := *p
++
++	var parts []string
++	var args []any
++
++	for i := 0; i < values.Len(); i++ {
++		value := must.NotFail(values.Get(i))
++
++		if rootKey == "_id" {
++			switch value.(type) {
++			case string, types.ObjectID:
++				parts = append(parts, fmt.Sprintf(`%s->'_id' = %s`, metadata.DefaultColumn, p.Next()))
++				args = append(args, string(must.NotFail(sjson.MarshalSingleValue(value))))
++
++				continue
++			}
++		}
++
++		f, a := filterEqual(p, k, value, operator)
++		if f == "" {
++			*p = saved
++			return "", nil
++		}
++
++		parts = append(parts, f)
++		args = append(args, a...)
++	}
++
++	return "(" + strings.Join(parts, " OR ") + ")", args
++}
+PATCH
+  grep -qF 'func filterLogical(' "$WORK/internal/backends/postgresql/query.go" \
+    || { echo "FerretDB ${VERSION}: patch pg-logical-pushdown not in effect" >&2; exit 1; }
+  PATCHES="sqlite-id-index,sqlite-id-pushdown,pg-gin-index,pg-id-equality,pg-logical-pushdown"
 fi
 
 echo "$VERSION" > "$WORK/build/version/version.txt"

@@ -97,7 +97,9 @@ def test_hot_query_shapes_are_index_served(loaded):
         # _has resolves the documents of the type, then the patients they point at
         "_has, inner step": ("DocumentReference", _search("DocumentReference", [("type", f"{LOINC}|11488-4"),
                                                                                ("subject", f"Patient/{p}")])),
-        "_include targets (one equality per id on FerretDB)": ("Patient", {"_id": pids[3]}),
+        "_include targets": ("Patient", {"_id": {"$in": [pids[3], pids[4], pids[5]]}}),
+        "_revinclude: the documents pointing at a page of patients": (
+            "DocumentReference", {"r_subject": {"$in": [f"Patient/{pids[1]}", f"Patient/{pids[2]}"]}}),
     }
     not_served = {name: _plan(db, rtype, flt)[:400] for name, (rtype, flt) in shapes.items()
                   if not _uses_index(_plan(db, rtype, flt))}
@@ -108,3 +110,6 @@ def test_a_scan_is_reported_as_such(loaded):
     """The check above can fail: a filter on an unindexed field plans a sequential scan."""
     db, _, _ = loaded
     assert not _uses_index(_plan(db, "DocumentReference", {"s_description": "nothing"}))
+    # an `$or` with one unindexed branch cannot be served by indexes either
+    assert not _uses_index(_plan(db, "DocumentReference", {"$or": [{"r_subject": "Patient/x"},
+                                                                   {"s_description": "nothing"}]}))

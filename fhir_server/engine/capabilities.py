@@ -2,7 +2,9 @@
 
 Production is MongoDB (replica set or sharded); development runs FerretDB v1 and tests also run
 mongoeco. Rather than trusting version strings, we probe: a multi-document transaction is
-attempted on a scratch collection. See docs/mongodb-compat.md.
+attempted on a scratch collection, and the plan of an `$in` query says whether the engine serves
+it from an index (FerretDB v1 does only with this project's pg-logical-pushdown patch on its
+PostgreSQL backend). See docs/mongodb-compat.md.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ class EngineCapabilities:
     version: str
     transactions: bool
     replica_set: bool
+    in_pushdown: bool = True  # `{f: {$in: [...]}}` reaches the engine's indexes (else: split per value)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -40,7 +43,18 @@ async def detect(client: AsyncMongoClient, database: str) -> EngineCapabilities:
         version=version,
         transactions=await _probe_transactions(client, database),
         replica_set="setName" in hello or hello.get("msg") == "isdbgrid",
+        in_pushdown=name != "ferretdb" or await _probe_in_pushdown(client, database),
     )
+
+
+async def _probe_in_pushdown(client: AsyncMongoClient, database: str) -> bool:
+    """FerretDB's explain says whether a filter was pushed down to SQL (`filterPushdown`)."""
+    try:
+        plan = await client[database].command(
+            "explain", {"find": "_capability_probe", "filter": {"_id": {"$in": ["probe", "probe-2"]}}})
+    except PyMongoError:
+        return False
+    return plan.get("filterPushdown") is True
 
 
 async def _probe_transactions(client: AsyncMongoClient, database: str) -> bool:
