@@ -201,12 +201,13 @@ def _users(args: argparse.Namespace) -> int:
         users = MongoUserDirectory(db)
         if args.action == "add":
             assert password is not None  # read above for "add"
-            await users.add(User(args.username, args.role, args.fhir_user, args.name or "", args.rpps), password)
+            await users.add(User(args.username, args.role, args.fhir_user, args.name or "", args.rpps,
+                                 break_glass=args.break_glass), password)
             print(f"added {args.role} {args.username}")
         elif args.action == "list":
             for u in await users.list():
                 print(json.dumps({"username": u.username, "role": u.role, "fhir_user": u.fhir_user, "name": u.name,
-                                  "rpps": u.rpps, "disabled": u.disabled}))
+                                  "rpps": u.rpps, "disabled": u.disabled, "break_glass": u.break_glass}))
         else:
             if not await users.set_disabled(args.username, args.action == "disable"):
                 print(f"error: no user '{args.username}'", file=sys.stderr)
@@ -231,13 +232,15 @@ def _clients(args: argparse.Namespace) -> int:
                 secret = secrets.token_urlsafe(32)
                 print(f"client secret (shown once): {secret}")
             await clients.add(Client(args.client_id, args.kind, args.name or args.client_id, args.redirect_uri or [],
-                                     (args.scope or "").split(), None, jwks, args.jwks_uri), secret)
+                                     (args.scope or "").split(), None, jwks, args.jwks_uri,
+                                     organization=args.organization, operator=args.operator), secret)
             print(f"added {args.kind} client {args.client_id}")
         elif args.action == "list":
             for c in await clients.list():
                 print(json.dumps({"client_id": c.client_id, "kind": c.kind, "name": c.name,
                                   "redirect_uris": c.redirect_uris, "scopes": " ".join(c.scopes),
-                                  "jwks": bool(c.jwks), "jwks_uri": c.jwks_uri}))
+                                  "jwks": bool(c.jwks), "jwks_uri": c.jwks_uri, "organization": c.organization,
+                                  "operator": c.operator}))
         else:
             if not await clients.remove(args.client_id):
                 print(f"error: no client '{args.client_id}'", file=sys.stderr)
@@ -295,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("username")
     add.add_argument("--role", required=True, choices=["patient", "practitioner", "admin"])
     add.add_argument("--fhir-user", help="Patient/<id> for a patient, Practitioner/<id> for a professional")
-    add.add_argument("--rpps", help="a professional's 11-digit RPPS number")
+    add.add_argument("--rpps", help="a professional's 11-digit RPPS number (Luhn-checked)")
+    add.add_argument("--break-glass", action="store_true",
+                     help="a professional allowed to declare emergency access (purpose of use BTG)")
     add.add_argument("--name")
     add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     users.add_parser("list", help="list accounts (never passwords)")
@@ -317,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     cadd.add_argument("--secret", help="confidential-symmetric: the secret (generated and shown once if omitted)")
     cadd.add_argument("--jwks", help="confidential-asymmetric: a file holding the client's public JWKS")
     cadd.add_argument("--jwks-uri", help="confidential-asymmetric: the URL of the client's JWKS")
+    cadd.add_argument("--organization", help="Organization/<id> a backend client acts for: patient consent applies "
+                                             "to it as to that organization's professionals")
+    cadd.add_argument("--operator", action="store_true",
+                      help="an operator service, not bound by patient consent (every access audited)")
     clients.add_parser("list")
     clients.add_parser("remove").add_argument("client_id")
     for p in clients.choices.values():

@@ -16,13 +16,16 @@ from dataclasses import dataclass
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from fhir_server.access.consent import ConsentPolicy
 from fhir_server.access.decision import AccessDecisionPoint, Policy
 from fhir_server.access.patients import PatientPicker
 from fhir_server.auth.server import AuthServer
 from fhir_server.config import Settings
 from fhir_server.engine.capabilities import EngineCapabilities, detect
+from fhir_server.fhir.identifiers import unique_keys
 from fhir_server.fhir.types import SUPPORTED_TYPES
 from fhir_server.records.hooks import Hook, Hooks
+from fhir_server.records.notices import BreakGlassLog
 from fhir_server.search.extract import index_fields, index_specs
 from fhir_server.storage.binaries import BinaryStore
 from fhir_server.storage.repository import Repository
@@ -58,7 +61,7 @@ def repository(client: AsyncMongoClient, db: AsyncDatabase, transactions: bool =
     """The resource repository with the search index extraction of fhir_server/search."""
     return Repository(client, db, SUPPORTED_TYPES, BinaryStore(db), index_fields=index_fields,
                       index_specs=index_specs, transactions=transactions, crash_after=crash_after,
-                      in_pushdown=engine is None or engine.in_pushdown)
+                      in_pushdown=engine is None or engine.in_pushdown, unique_keys=unique_keys)
 
 
 async def build(settings: Settings, client: AsyncMongoClient, *, policies: Sequence[Policy] = (),
@@ -68,7 +71,8 @@ async def build(settings: Settings, client: AsyncMongoClient, *, policies: Seque
     repo = repository(client, db, engine.transactions, settings.test_crash_after_step, engine)
     await repo.ensure_indexes()
     await repo.recover()  # what transactions interrupted by a crash left: finished or undone
-    auth = AuthServer(settings, db, PatientPicker(repo))
+    consent = ConsentPolicy(settings.consent_default_policy)
+    auth = AuthServer(settings, db, PatientPicker(repo, consent), on_break_glass=BreakGlassLog(repo).declared)
     await auth.start()
-    return Services(settings, repo, engine, AccessDecisionPoint(policies), Hooks(hooks),
+    return Services(settings, repo, engine, AccessDecisionPoint([consent, *policies]), Hooks(hooks),
                     await shared_secret(db, "cursor-key"), auth)

@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     revocation_cache_seconds: float = Field(1.0, ge=0, description="How long a worker trusts its revocation list")
     login_max_failures: int = Field(5, ge=1, description="Failed sign-ins per user name before throttling "
                                                          "(four times as many per client address)")
+    # patient consent (README "Patient control"; fhir_server/access/consent.py)
+    consent_default_policy: Literal["deny-except-btg", "deny"] = Field(
+        "deny-except-btg", description="What applies when no Consent of the patient speaks for a professional "
+                                       "(IHE PCF implicit option): deny, except break-glass; or deny always")
+    break_glass_seconds: int = Field(4 * 3600, ge=60, description="How long an emergency (break-glass) access "
+                                                                  "declared for one patient lasts")
     login_throttle_window_seconds: int = Field(900, description="Throttling window for failed sign-ins")
 
     def redacted(self) -> dict:

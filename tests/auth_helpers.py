@@ -37,13 +37,16 @@ def run_db(server, work):
         return pool.submit(asyncio.run, go()).result()
 
 
-def add_user(server, username, role, fhir_user=None, rpps=None, password=PASSWORD, name=""):
-    run_db(server, lambda db: MongoUserDirectory(db).add(User(username, role, fhir_user, name, rpps), password))
+def add_user(server, username, role, fhir_user=None, rpps=None, password=PASSWORD, name="", break_glass=False):
+    run_db(server, lambda db: MongoUserDirectory(db).add(User(username, role, fhir_user, name, rpps,
+                                                              break_glass=break_glass), password))
 
 
-def add_client(server, client_id, kind, scopes, redirect_uris=(CALLBACK,), secret=None, jwks=None, name=None):
+def add_client(server, client_id, kind, scopes, redirect_uris=(CALLBACK,), secret=None, jwks=None, name=None,
+               organization=None, operator=False):
     run_db(server, lambda db: MongoClientRegistry(db).add(
-        Client(client_id, kind, name or client_id, list(redirect_uris), scopes.split(), None, jwks), secret))
+        Client(client_id, kind, name or client_id, list(redirect_uris), scopes.split(), None, jwks,
+               organization=organization, operator=operator), secret))
 
 
 def add_launch(server, patient, encounter=None) -> str:

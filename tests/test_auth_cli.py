@@ -20,7 +20,7 @@ def _cli(uri, db, *args, stdin=None):
 def test_users_clients_and_launch(ferretdb_uri):
     db = "t_cli_" + uuid.uuid4().hex[:8]
     r = _cli(ferretdb_uri, db, "users", "add", "dr.x", "--role", "practitioner", "--fhir-user", "Practitioner/1",
-             "--rpps", "10000000001", "--password-stdin", stdin="long enough password\n")
+             "--rpps", "10000000009", "--password-stdin", stdin="long enough password\n")
     assert r.returncode == 0, r.stderr
     bad = _cli(ferretdb_uri, db, "users", "add", "dr.y", "--role", "practitioner", "--fhir-user", "Practitioner/2",
                "--password-stdin", stdin="long enough password\n")
@@ -28,7 +28,7 @@ def test_users_clients_and_launch(ferretdb_uri):
     assert _cli(ferretdb_uri, db, "users", "disable", "dr.x").returncode == 0
     users = [json.loads(line) for line in _cli(ferretdb_uri, db, "users", "list").stdout.splitlines()]
     assert users == [{"username": "dr.x", "role": "practitioner", "fhir_user": "Practitioner/1", "name": "",
-                      "rpps": "10000000001", "disabled": True}]
+                      "rpps": "10000000009", "disabled": True, "break_glass": False}]
     assert "password" not in _cli(ferretdb_uri, db, "users", "list").stdout
     r = _cli(ferretdb_uri, db, "clients", "add", "app1", "--kind", "confidential-symmetric", "--redirect-uri",
              "https://app.example/cb", "--scope", "openid patient/*.rs")

@@ -1,6 +1,7 @@
 """The permission matrix: (scope set × interaction × resource type × whose record) → permit/deny,
 against a real server enforcing SMART scopes. Every cell's expectation comes from `expected`, a
-plain restatement of the SMART v2 rules, not from the server's code."""
+plain restatement of the SMART v2 rules, not from the server's code — plus patient consent where
+the principal is a professional (Dr Martin is authorized by P1 only; tests/auth_world.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import pytest
 from tests.auth_helpers import backend_token, fhir_client, user_token
 
 # name -> (how to get the token, type -> permission letters, patient restriction, granular category)
+# Consent: which owners' records a professional may reach (None: not bound by consent).
+CONSENTED = {"practitioner-user": {"p1"}, "practitioner-picked": {"p1"}}
+RECORD_TYPES = ("DocumentReference", "Patient", "Consent", "Binary")
 LOINC = "http://loinc.org"
 ALL_TYPES = ("DocumentReference", "Patient", "Consent", "Binary", "Practitioner")
 PRINCIPALS = {
@@ -59,6 +63,8 @@ def visible(w, principal, rtype, owner, category) -> bool:
     _, _, letters, restrict, granular = PRINCIPALS[principal]
     if restrict is not None and owner is not None and owner != restrict:
         return False
+    if principal in CONSENTED and owner is not None and owner not in CONSENTED[principal]:
+        return False
     return granular is None or category == granular
 
 
@@ -68,7 +74,8 @@ def expected(w, principal, interaction, rtype, owner, category) -> int:
     if needed not in letters:
         return 403
     if interaction == "history-type":
-        restricted = PRINCIPALS[principal][3] is not None or PRINCIPALS[principal][4] is not None
+        restricted = PRINCIPALS[principal][3] is not None or PRINCIPALS[principal][4] is not None or (
+            principal in CONSENTED and rtype in RECORD_TYPES)
         return 403 if restricted else 200
     if interaction == "search-type":
         return 200
@@ -122,6 +129,8 @@ def test_type_cell(auth_world, tokens, principal, interaction, rtype):
                if t == rtype and visible(w, principal, t, owner, cat)}
     assert got & mine == allowed  # other tests may add resources; ours are exactly the visible ones
     for e in bundle.get("entry", []):
+        if "resource" not in e:
+            continue  # a deletion in history (other tests share the world)
         res = e["resource"]
         restrict = PRINCIPALS[principal][3]
         if restrict and rtype in ("DocumentReference", "Consent"):

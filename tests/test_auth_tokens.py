@@ -316,7 +316,7 @@ def _forge(server, key_kid=None, **overrides):
     kid, key = key_kid or _server_key(server)
     now = int(time.time())
     claims = {"iss": server.base + "/auth", "sub": "x", "aud": server.fhir_base, "iat": now, "exp": now + 600,
-              "jti": uuid.uuid4().hex, "client_id": "app", "scope": "system/*.rs", **overrides}
+              "jti": uuid.uuid4().hex, "client_id": "app", "scope": "system/*.rs", "operator": True, **overrides}
     return jwt.encode({"alg": "RS256", "kid": kid, "typ": "at+jwt"}, claims, key)
 
 
@@ -397,14 +397,14 @@ def test_ehr_launch_resolves_the_stored_context(auth_world):
     from tests.auth_helpers import add_launch
 
     w = auth_world
-    launch = add_launch(w.server, w.p2, encounter="enc-1")
+    launch = add_launch(w.server, w.p1, encounter="enc-1")
     tok = user_token(w.server, "app", "dr.martin", "launch openid fhirUser patient/*.rs", launch=launch)
-    assert tok["patient"] == w.p2 and tok["encounter"] == "enc-1"
+    assert tok["patient"] == w.p1 and tok["encounter"] == "enc-1"
     assert tok["need_patient_banner"] is False  # the EHR shows the banner
     assert {"reference": "Encounter/enc-1"} in tok["fhirContext"]
     with fhir_client(w.server, tok["access_token"]) as c:
-        assert c.get(f"/Patient/{w.p2}").status_code == 200
-        assert c.get(f"/Patient/{w.p1}").status_code == 404
+        assert c.get(f"/Patient/{w.p1}").status_code == 200
+        assert c.get(f"/Patient/{w.p2}").status_code == 404
 
 
 def test_authorize_post(auth_world):

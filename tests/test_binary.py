@@ -5,7 +5,7 @@ import hashlib
 import os
 
 from tests.conftest import TEST_INLINE_MAX
-from tests.helpers import JSON_HEADERS, assert_outcome, create
+from tests.helpers import JSON_HEADERS, assert_outcome, create, patient
 
 
 def test_small_binary_inline_round_trip(fhir):
@@ -47,11 +47,12 @@ def test_large_binary_spanning_chunks(fhir):
 
 
 def test_raw_binary_update_and_security_context(fhir):
+    pid = create(fhir, patient())["id"]
     r = fhir.put("/Binary/raw-bin-1", content=b"hello", headers={"Content-Type": "text/plain",
-                                                                  "X-Security-Context": "Patient/p1"})
+                                                                  "X-Security-Context": f"Patient/{pid}"})
     assert r.status_code == 201, r.text
     body = fhir.get("/Binary/raw-bin-1").json()
-    assert body["securityContext"] == {"reference": "Patient/p1"}
+    assert body["securityContext"] == {"reference": f"Patient/{pid}"}
     assert base64.b64decode(body["data"]) == b"hello"
 
 

@@ -11,7 +11,7 @@ def _ins() -> str:
 
 
 def _pat(value: str, **extra) -> dict:
-    return {"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.8", "value": value}],
+    return {"resourceType": "Patient", "identifier": [{"system": "urn:test:mrn", "value": value}],
             **extra}
 
 
@@ -21,7 +21,7 @@ def _count(client, ident: str) -> int:
 
 def test_conditional_create(any_fhir):
     ins = _ins()
-    cond = {**JSON_HEADERS, "If-None-Exist": f"identifier=urn:oid:1.2.250.1.213.1.4.8|{ins}"}
+    cond = {**JSON_HEADERS, "If-None-Exist": f"identifier=urn:test:mrn|{ins}"}
     first = any_fhir.post("/Patient", json=_pat(ins), headers=cond)
     assert first.status_code == 201
     again = any_fhir.post("/Patient", json=_pat(ins, gender="male"), headers=cond)
@@ -38,7 +38,7 @@ def test_conditional_create(any_fhir):
 
 def test_conditional_update(fhir):
     ins = _ins()
-    url = f"/Patient?identifier=urn:oid:1.2.250.1.213.1.4.8|{ins}"
+    url = f"/Patient?identifier=urn:test:mrn|{ins}"
     created = fhir.put(url, json=_pat(ins), headers=JSON_HEADERS)
     assert created.status_code == 201
     pid = created.json()["id"]

@@ -2,6 +2,7 @@
 
 from email.utils import parsedate_to_datetime
 
+from tests.dmp import record_consent
 from tests.helpers import JSON_HEADERS, assert_outcome, create, new_id, patient
 
 
@@ -102,20 +103,19 @@ def test_prefer_return(fhir):
 
 
 def test_all_supported_types_round_trip(fhir):
+    pid = create(fhir, patient())["id"]
     samples = [
-        {"resourceType": "Practitioner", "identifier": [{"system": "https://rpps.esante.gouv.fr", "value": "10003456789"}],
+        {"resourceType": "Practitioner", "identifier": [{"system": "https://rpps.esante.gouv.fr", "value": "10003456786"}],
          "name": [{"family": "Martin", "given": ["Éloïse"], "prefix": ["Dr"]}]},
         {"resourceType": "Organization", "name": "Centre hospitalier de Lyon"},
         {"resourceType": "PractitionerRole", "active": True},
-        {"resourceType": "Consent", "status": "active",
-         "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
-         "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}]},
-        {"resourceType": "DocumentReference", "status": "current",
+        record_consent(pid),
+        {"resourceType": "DocumentReference", "status": "current", "subject": {"reference": f"Patient/{pid}"},
          "content": [{"attachment": {"contentType": "application/pdf", "url": "Binary/x"}}]},
         {"resourceType": "AuditEvent",
          "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
          "recorded": "2026-11-25T10:00:00Z", "agent": [{"requestor": True}], "source": {"observer": {"display": "fhir"}}},
-        {"resourceType": "Provenance", "target": [{"reference": "Patient/abc"}], "recorded": "2026-11-25T10:00:00+01:00",
+        {"resourceType": "Provenance", "target": [{"reference": f"Patient/{pid}"}], "recorded": "2026-11-25T10:00:00+01:00",
          "agent": [{"who": {"display": "Dr Martin"}}]},
         {"resourceType": "List", "status": "current", "mode": "working"},
         {"resourceType": "Binary", "contentType": "text/plain", "data": "aGVsbG8="},

@@ -14,6 +14,8 @@ import uuid
 import pytest
 
 from tests.auth_helpers import add_client, backend_token, fhir_client, public_jwks, rsa_key, user_token
+from tests.dmp import CATEGORY, authorization
+from tests.helpers import new_ins
 
 FHIR = {"Content-Type": "application/fhir+json"}
 PATCH = {"Content-Type": "application/json-patch+json"}
@@ -137,7 +139,8 @@ def test_patient_cannot_write_into_another_record_by_mentioning_themselves(w, he
 
 
 def test_patient_cannot_move_own_document_to_another_record(w, helene):
-    mine = _create(helene, _doc(f"Patient/{w.p1}", author=[{"reference": f"Patient/{w.p1}"}]))
+    mine = _create(helene, _doc(f"Patient/{w.p1}", author=[{"reference": f"Patient/{w.p1}"}],
+                                category=[{"coding": [{"system": CATEGORY, "code": "patient-authored"}]}]))
     patch = [{"op": "replace", "path": "/subject/reference", "value": f"Patient/{w.p2}"}]
     r = helene.patch(f"/DocumentReference/{mine['id']}", content=json.dumps(patch), headers=PATCH)
     assert r.status_code == 403, r.text
@@ -145,7 +148,7 @@ def test_patient_cannot_move_own_document_to_another_record(w, helene):
 
 
 def test_patient_cannot_create_a_patient_outside_their_compartment(w, helene, admin):
-    ins = {"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "2" + uuid.uuid4().int.__str__()[:14]}
+    ins = {"system": "urn:oid:1.2.250.1.213.1.4.10", "value": new_ins()}
     r = helene.post("/Patient", json={"resourceType": "Patient", "id": w.p1, "identifier": [ins]}, headers=FHIR)
     assert r.status_code == 403, r.text
     found = admin.get("/Patient", params={"identifier": f"{ins['system']}|{ins['value']}"}).json()
@@ -197,11 +200,7 @@ def test_deleted_resource_of_another_patient_is_404_without_version_headers(w, h
 
 
 def test_system_history_shows_only_types_the_token_may_search(w, admin):
-    consent = _create(admin, {"resourceType": "Consent", "status": "active",
-                              "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                                                    "code": "patient-privacy"}]},
-                              "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-                              "patient": {"reference": f"Patient/{w.p1}"}})
+    consent = _create(admin, authorization(w.p1, [f"Practitioner/{w.pr1}"], actions=["read"]))
     assert admin.delete(f"/Consent/{consent['id']}").status_code == 204
     assert any(e["fullUrl"].endswith(f"Consent/{consent['id']}")
                for e in admin.get("/_history", params={"_count": 50}).json()["entry"])
@@ -234,10 +233,14 @@ def test_moved_document_is_not_readable_through_old_versions(w, helene, admin):
 
 
 def test_foreign_base_reference_is_not_the_local_patient(w, helene, admin):
-    doc = _create(admin, _doc(f"https://other.example/fhir/Patient/{w.p1}"))
-    assert helene.get(f"/DocumentReference/{doc['id']}").status_code == 404
-    assert doc["id"] not in _ids(helene.get("/DocumentReference", params={"_count": 1000}).json())
-    r = helene.put(f"/DocumentReference/{doc['id']}", json={**doc, "description": "x"}, headers=FHIR)
+    # a document of the record must name a local Patient (422); a List may name another server's
+    r = admin.post("/DocumentReference", json=_doc(f"https://other.example/fhir/Patient/{w.p1}"), headers=FHIR)
+    assert r.status_code == 422, r.text
+    lst = _create(admin, {"resourceType": "List", "status": "current", "mode": "working",
+                          "subject": {"reference": f"https://other.example/fhir/Patient/{w.p1}"}})
+    assert helene.get(f"/List/{lst['id']}").status_code == 404
+    assert lst["id"] not in _ids(helene.get("/List", params={"_count": 1000}).json())
+    r = helene.put(f"/List/{lst['id']}", json={**lst, "title": "x"}, headers=FHIR)
     assert r.status_code == 404
 
 
@@ -245,7 +248,7 @@ def test_backend_write_is_checked_on_the_stored_resource(w):
     """A system/ scope with a granular query writes only what matches it, as stored."""
     key = rsa_key()
     add_client(w.server, "granular-writer", "confidential-asymmetric",
-               "system/DocumentReference.cu?status=current", redirect_uris=(), jwks=public_jwks(key))
+               "system/DocumentReference.cu?status=current", redirect_uris=(), jwks=public_jwks(key), operator=True)
     tok = backend_token(w.server, "granular-writer", key, "system/DocumentReference.cu?status=current")
     with fhir_client(w.server, tok["access_token"]) as c:
         assert c.post("/DocumentReference", json=_doc(f"Patient/{w.p1}"), headers=FHIR).status_code == 201

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import start_server, stop_server
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 LOAD_SCRIPT = EXAMPLES / "load.py"
@@ -205,7 +207,29 @@ def test_each_example_passes_validate(fhir, name):
     assert any(i["severity"] == "error" for i in r.json()["issue"]), r.text
 
 
-def test_load_each_example_in_dependency_order_and_read_back(fhir):
+# The examples describe one patient (one INS: one record), so each load goes to a server of its own.
+@pytest.fixture
+def fresh(ferretdb_uri):
+    s = start_server(ferretdb_uri)
+    yield s
+    stop_server(s)
+
+
+@pytest.fixture(params=["ferretdb", "mongoeco"])
+def fresh_any(request):
+    s = start_server(request.getfixturevalue("ferretdb_uri" if request.param == "ferretdb" else "mongoeco_uri"))
+    yield s
+    stop_server(s)
+
+
+@pytest.fixture
+def fresh_fhir(fresh):
+    with fresh.client() as c:
+        yield c
+
+
+def test_load_each_example_in_dependency_order_and_read_back(fresh_fhir):
+    fhir = fresh_fhir
     mapping: dict[str, str] = {}
     sent: dict[str, dict] = {}
     for name in ORDER:
@@ -238,7 +262,8 @@ def test_load_each_example_in_dependency_order_and_read_back(fhir):
     assert patient["name"][0]["given"][0] == "Émilie"  # accents survive the round trip
 
 
-def test_transaction_bundle_creates_everything_with_rewritten_references(any_fhir):
+def test_transaction_bundle_creates_everything_with_rewritten_references(fresh_any):
+    any_fhir = fresh_any.client()
     bundle = example("transaction-bundle.json")
     r = any_fhir.post("", json=bundle, headers=HEADERS)
     assert r.status_code == 200, r.text
@@ -276,7 +301,8 @@ def _created(stdout: str) -> list[tuple[str, str, str]]:
     return [(m["type"], m["id"], m["source"]) for m in CREATED_LINE.finditer(stdout)]
 
 
-def test_load_script_creates_everything_in_order(server, fhir):
+def test_load_script_creates_everything_in_order(fresh, fresh_fhir):
+    server, fhir = fresh, fresh_fhir
     proc = run_loader("--base", server.fhir_base)
     assert proc.returncode == 0, proc.stderr
     created = _created(proc.stdout)
@@ -303,10 +329,8 @@ def test_load_script_validate_mode(server):
     assert "created" not in proc.stdout
 
 
-@pytest.mark.parametrize("engine", ["ferretdb", "mongoeco"])
-def test_load_script_transaction(request, engine):
-    srv = request.getfixturevalue("server" if engine == "ferretdb" else "txn_server")
-    fhir_txn = request.getfixturevalue("fhir" if engine == "ferretdb" else "fhir_txn")
+def test_load_script_transaction(fresh_any):
+    srv, fhir_txn = fresh_any, fresh_any.client()
     proc = run_loader("--base", srv.fhir_base, "--transaction")
     assert proc.returncode == 0, proc.stderr
     created = _created(proc.stdout)

@@ -14,6 +14,7 @@ from pymongo import monitoring
 from fhir_server.access.decision import Policy
 from fhir_server.records.hooks import Hook
 from tests.auth_helpers import add_client, add_user, backend_token, fhir_client, public_jwks, rsa_key, user_token
+from tests.dmp import document, record_consent
 from tests.inprocess import InProcessServer
 
 FHIR = {"Content-Type": "application/fhir+json"}
@@ -23,7 +24,10 @@ HIDDEN = "urn:test:policy-hidden"
 class HideTagged(Policy):
     """Hides resources tagged HIDDEN|hide from everyone: a database filter plus the same per-resource rule."""
 
-    def db_filter(self, principal, state, perm, rtype):
+    def restricts(self, principal, state, perm, rtype):
+        return True
+
+    def db_filter(self, principal, state, perm, rtype, within):
         return {"t__tag": {"$ne": f"{HIDDEN}|hide"}}
 
     def may_read(self, principal, state, rtype, resource):
@@ -50,7 +54,7 @@ class Recorder(Hook):
 def _backend(server, scope="system/*.cruds"):
     key = rsa_key()
     cid = "b-" + uuid.uuid4().hex[:8]
-    add_client(server, cid, "confidential-asymmetric", scope, redirect_uris=(), jwks=public_jwks(key))
+    add_client(server, cid, "confidential-asymmetric", scope, redirect_uris=(), jwks=public_jwks(key), operator=True)
     return fhir_client(server, backend_token(server, cid, key, scope)["access_token"])
 
 
@@ -64,8 +68,9 @@ def test_injected_policy_keeps_totals_pages_and_links_exact(engine_uri):
     with InProcessServer(engine_uri, policies=(HideTagged(),), hooks=(recorder,)) as server, _backend(server) as c:
         system = f"urn:test:{uuid.uuid4().hex}"
         visible, hidden = set(), set()
+        pid = c.post("/Patient", json={"resourceType": "Patient"}, headers=FHIR).json()["id"]
         for i in range(10):
-            doc = {"resourceType": "DocumentReference", "status": "current",
+            doc = {"resourceType": "DocumentReference", "status": "current", "subject": {"reference": f"Patient/{pid}"},
                    "identifier": [{"system": system, "value": str(i)}],
                    "content": [{"attachment": {"contentType": "text/plain", "url": "Binary/x"}}]}
             if i % 3 == 0:
@@ -92,7 +97,7 @@ def test_injected_policy_keeps_totals_pages_and_links_exact(engine_uri):
         assert c.get(f"/DocumentReference/{some_hidden}/_history/1").status_code == 404
         # the hooks saw the pipeline: each request started and finished, reads disclosed, writes written
         kinds = [e for e in recorder.events if e[0] == "written"]
-        assert len(kinds) == 10 and all(e[1] == "create" and e[2] is None and e[3] == 1 for e in kinds)
+        assert len(kinds) == 11 and all(e[1] == "create" and e[2] is None and e[3] == 1 for e in kinds)
         disclosed = {ref for e in recorder.events if e[0] == "disclosed" for ref in e[2]}
         assert disclosed == {f"DocumentReference/{i}" for i in visible}
         finished = [e for e in recorder.events if e[0] == "finished"]
@@ -122,9 +127,9 @@ def test_patch_under_a_patient_token_reads_the_document_at_most_twice(ferretdb_u
     monitoring.register(counter)  # applies to clients created from now on: the app's
     with server, _backend(server) as admin:
         patient = admin.post("/Patient", json={"resourceType": "Patient"}, headers=FHIR).json()["id"]
-        doc = admin.post("/DocumentReference", json={
-            "resourceType": "DocumentReference", "status": "current", "subject": {"reference": f"Patient/{patient}"},
-            "content": [{"attachment": {"contentType": "text/plain", "url": "Binary/x"}}]}, headers=FHIR).json()["id"]
+        assert admin.post("/Consent", json=record_consent(patient), headers=FHIR).status_code == 201
+        doc = admin.post("/DocumentReference", json=document(patient, author=f"Patient/{patient}",
+                                                               patient_authored=True), headers=FHIR).json()["id"]
         add_client(server, "app", "public", "openid fhirUser launch/patient patient/*.cruds")
         add_user(server, "pat", "patient", f"Patient/{patient}")
         tok = user_token(server, "app", "pat", "launch/patient patient/*.cruds")["access_token"]

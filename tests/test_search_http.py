@@ -45,11 +45,11 @@ def world(fhir):
     org = create(fhir, {"resourceType": "Organization", "name": f"CHU Lyon {t}",
                         "identifier": [{"system": "urn:oid:1.2.250.1.71.4.2.2", "value": f"69{t}"}]})
     helene = create(fhir, {"resourceType": "Patient", "name": [{"family": f"Dupont{t}", "given": ["Hélène"]}],
-                           "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.8", "value": f"H{t}"}],
+                           "identifier": [{"system": "urn:test:ipp", "value": f"H{t}"}],
                            "gender": "female", "birthDate": "1985-02-03",
                            "managingOrganization": {"reference": f"Organization/{org['id']}"}})
     jerome = create(fhir, {"resourceType": "Patient", "name": [{"family": f"Dupont{t}", "given": ["Jérôme"]}],
-                           "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.8", "value": f"J{t}"}],
+                           "identifier": [{"system": "urn:test:ipp", "value": f"J{t}"}],
                            "gender": "male", "birthDate": "1990"})
     docs = []
     for i, (pat, code, date) in enumerate([(helene, "11488-4", "2026-01-10T10:00:00+01:00"),
@@ -78,7 +78,7 @@ def test_string_search_is_case_and_accent_insensitive(fhir, world):
 def test_token_and_date_search(fhir, world):
     t = world["t"]
     h = world["helene"]["id"]
-    assert _ids(fhir.get("/Patient", params={"identifier": f"urn:oid:1.2.250.1.213.1.4.8|H{t}"}).json()) == [h]
+    assert _ids(fhir.get("/Patient", params={"identifier": f"urn:test:ipp|H{t}"}).json()) == [h]
     assert _ids(fhir.get("/Patient", params={"identifier": f"H{t}"}).json()) == [h]
     assert _ids(fhir.get("/Patient", params={"identifier": f"|H{t}"}).json()) == []
     assert _ids(fhir.get("/Patient", params={"family": f"dupont{t}", "birthdate": "1985"}).json()) == [h]
@@ -119,7 +119,7 @@ def test_chaining_and_has(fhir, world):
     t = world["t"]
     h = world["helene"]["id"]
     one_level = fhir.get("/DocumentReference", params={
-        "subject:Patient.identifier": f"urn:oid:1.2.250.1.213.1.4.8|H{t}"}).json()
+        "subject:Patient.identifier": f"urn:test:ipp|H{t}"}).json()
     assert sorted(_ids(one_level)) == sorted([world["docs"][0]["id"], world["docs"][1]["id"]])
     two_levels = fhir.get("/DocumentReference", params={"subject:Patient.organization.name": f"CHU Lyon {t}"}).json()
     assert sorted(_ids(two_levels)) == sorted([world["docs"][0]["id"], world["docs"][1]["id"]])

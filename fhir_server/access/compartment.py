@@ -77,6 +77,16 @@ def patients_of(rtype: str, resource: dict) -> set[str]:
     return out
 
 
+def about_patients(rtype: str, resource: dict) -> set[str]:
+    """The patients whose record `resource` belongs to: whom it is *about* (a DocumentReference's
+    subject, a Consent's patient, a Binary's securityContext, a Patient itself); what patient
+    consent decides on."""
+    if rtype == "Patient":
+        rid = resource.get("id")
+        return {rid} if isinstance(rid, str) else set()
+    return _patients(rtype, resource, ABOUT_PARAMS.get(rtype, ()))
+
+
 def in_patient_compartment(rtype: str, resource: dict, patient: str) -> bool:
     return patient in patients_of(rtype, resource)
 

@@ -22,12 +22,13 @@ The decision for one interaction is computed once per (permission, type) and cac
 from __future__ import annotations
 
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from enum import Enum
 
 import orjson
 
-from fhir_server.access.compartment import OUTSIDE, in_patient_compartment, is_about_only, matches_query
+from fhir_server.access.compartment import OUTSIDE, about_patients, in_patient_compartment, is_about_only, matches_query
 from fhir_server.access.filters import rules_filter
 from fhir_server.auth.principal import Principal
 from fhir_server.auth.scopes import ALL
@@ -73,18 +74,35 @@ def permission(ix: Interaction) -> str | None:
 
 class Policy:
     """A further rule after the scopes (patient consent, security labels…). Every method may
-    abstain; the defaults do. Subclass and override what the rule needs."""
+    abstain; the defaults do. Subclass and override what the rule needs.
+
+    Decisions (`decide`, `db_filter`, `may_read`, `write_problem`) are pure and answer from the
+    policy's per-interaction state; whatever they need from the database is fetched before, in
+    `prepare` (once) and `load` (per patient, or for every patient the caller may reach; called by
+    `Access` before each decision that needs it, and cheap when already loaded)."""
 
     async def prepare(self, principal: Principal, ix: Interaction, reader) -> object | None:
         """Load what this interaction's decisions need (once). None: abstain for this interaction."""
         return self
 
+    async def load(self, principal: Principal, state, rtype: str, patients: AbstractSet[str] | None,
+                   resource: dict | None = None) -> None:
+        """Fetch what decisions about resources of `rtype` of these patients need (None: of every
+        patient whose data a search of `rtype` may reach); `resource`, when the decision is about one."""
+        return None
+
     def decide(self, principal: Principal, state, perm: str, rtype: str | None) -> Decision | None:
         """A DENY refuses the permission on the type; anything else abstains."""
         return None
 
-    def db_filter(self, principal: Principal, state, perm: str, rtype: str) -> dict | None:
-        """A condition every resource reached must also satisfy (ANDed into queries and counts)."""
+    def restricts(self, principal: Principal, state, perm: str, rtype: str) -> bool:
+        """Whether this policy may narrow what `perm` reaches of `rtype` (a filter, per-resource checks)."""
+        return False
+
+    def db_filter(self, principal: Principal, state, perm: str, rtype: str,
+                  within: AbstractSet[str] | None) -> dict | None:
+        """A condition every resource reached must also satisfy (ANDed into queries and counts).
+        `within`: the patients the query is already confined to (None: not confined)."""
         return None
 
     def may_read(self, principal: Principal, state, rtype: str, resource: dict) -> bool | None:
@@ -92,8 +110,8 @@ class Policy:
         return None
 
     def write_problem(self, principal: Principal, state, perm: str, rtype: str, before: dict | None,
-                      after: dict | None) -> str | None:
-        """Why this write is refused (403), or None."""
+                      after: dict | None) -> tuple[int, str] | str | None:
+        """Why this write is refused: a reason (403), or (status, reason); None to abstain."""
         return None
 
 
@@ -154,7 +172,8 @@ def _writable(rtype: str, resource: dict, rules) -> bool:
 
 
 class Access:
-    """The decisions of one interaction for one principal: pure and cached."""
+    """The decisions of one interaction for one principal, cached. Pure but for the policies' `load`
+    calls, which fetch (once) what a decision about some patients' data needs."""
 
     __slots__ = ("principal", "_active", "_decisions", "_filters")
 
@@ -180,16 +199,21 @@ class Access:
                 if refused is not None and refused.effect is Effect.DENY:
                     decision = refused
                     break
-                if rtype is not None and decision.effect is Effect.PERMIT and policy.db_filter(
+                if rtype is not None and decision.effect is Effect.PERMIT and policy.restricts(
                         self.principal, state, perm, rtype):
                     decision = Decision(Effect.FILTER, "restricted by policy", ALL)
         self._decisions[key] = decision
         return decision
 
-    def filter(self, perm: str, rtype: str) -> dict | None:
+    async def _load(self, rtype: str, patients: AbstractSet[str] | None, resource: dict | None = None) -> None:
+        for policy, state in self._active:
+            await policy.load(self.principal, state, rtype, patients, resource)
+
+    async def filter(self, perm: str, rtype: str, within: AbstractSet[str] | None = None) -> dict | None:
         """The database filter restricting `rtype` to what may be reached with `perm`: {} for
-        everything, None when denied."""
-        key = (perm, rtype)
+        everything, None when denied. `within`: the patients the query is already confined to
+        (lets a policy answer for those few instead of every patient the caller may reach)."""
+        key = (perm, rtype, frozenset(within) if within is not None else None)
         if key in self._filters:
             return self._filters[key]
         decision = self.decide(perm, rtype)
@@ -198,42 +222,52 @@ class Access:
             flt = None
         else:
             parts = [rules_filter(rtype, decision.rules)]
-            for policy, state in self._active:
-                parts.append(policy.db_filter(self.principal, state, perm, rtype) or {})
+            if decision.effect is Effect.FILTER and self._active:
+                await self._load(rtype, key[2])
+                for policy, state in self._active:
+                    parts.append(policy.db_filter(self.principal, state, perm, rtype, key[2]) or {})
             parts = [p for p in parts if p]
             flt = {} if not parts else parts[0] if len(parts) == 1 else {"$and": parts}
         self._filters[key] = flt
         return flt
 
-    def may_read(self, perm: str, rtype: str, resource: bytes | dict | None) -> bool:
+    async def may_read(self, perm: str, rtype: str, resource: bytes | dict | None) -> bool:
         """Per-resource check of a resource about to be disclosed (the second line of defence)."""
         decision = self.decide(perm, rtype)
         if decision.effect is Effect.DENY:
             return False
-        if decision.effect is Effect.PERMIT and not self._active:
+        if decision.effect is Effect.PERMIT:
             return True
         if resource is None:
             return False
         doc = orjson.loads(resource) if isinstance(resource, (bytes, bytearray, memoryview)) else resource
         if not isinstance(doc, dict) or not _satisfies(rtype, doc, decision.rules):
             return False
+        if not self._active:
+            return True
+        await self._load(rtype, about_patients(rtype, doc), doc)
         return all(policy.may_read(self.principal, state, rtype, doc) is not False for policy, state in self._active)
 
-    def write_problem(self, perm: str, rtype: str, before: dict | None, after: dict | None) -> str | None:
-        """Why a write of `after` over `before` is refused, None if it may proceed. The caller has
-        already checked that `before` is visible (else it answers 404)."""
+    async def write_problem(self, perm: str, rtype: str, before: dict | None,
+                            after: dict | None) -> tuple[int, str] | None:
+        """Why a write of `after` over `before` is refused ((status, reason)), None if it may
+        proceed. The caller has already checked that `before` is visible (else it answers 404)."""
         decision = self.decide(perm, rtype)
         if decision.effect is Effect.DENY:
-            return decision.reason or f"the token's scopes do not permit this write on {rtype}"
+            return 403, decision.reason or f"the token's scopes do not permit this write on {rtype}"
         if decision.rules != ALL:
             if before is not None and not _writable(rtype, before, decision.rules):
-                return f"the token does not permit changing this {rtype} (outside the patient in context or the " \
-                       "granted categories)"
+                return 403, f"the token does not permit changing this {rtype} (outside the patient in context or " \
+                            "the granted categories)"
             if after is not None and not _writable(rtype, after, decision.rules):
-                return f"the token does not permit writing this {rtype} (outside the patient in context or the " \
-                       "granted categories)"
+                return 403, f"the token does not permit writing this {rtype} (outside the patient in context or " \
+                            "the granted categories)"
+        if self._active:
+            for doc in (before, after):
+                if doc is not None:
+                    await self._load(rtype, about_patients(rtype, doc), doc)
         for policy, state in self._active:
             problem = policy.write_problem(self.principal, state, perm, rtype, before, after)
             if problem:
-                return problem
+                return problem if isinstance(problem, tuple) else (403, problem)
         return None

@@ -1,21 +1,21 @@
 """Which patients a user may open in a standalone launch.
 
 * a patient: their own record only;
-* a professional: the patients whose `Patient.generalPractitioner` names their Practitioner (or a
-  PractitionerRole of theirs is not resolved yet). Patient consents (IHE PCF) will widen or narrow
-  this when the consent policy lands; it is the one place to change;
+* a professional: the patients whose open record authorizes them now (their Consents, through the
+  same `ConsentPolicy` that enforces every request: access/consent.py);
 * an administrator: every patient.
 
-The professional's list is one indexed query on the `general-practitioner` search parameter's
-reference field, capped at `limit`.
+Emergency access (break-glass) is not a listing: the professional names the patient, who only has
+to exist; consent then decides at every request (a block or a refusal of emergency access wins).
 """
 
 from __future__ import annotations
 
 import orjson
 
-from fhir_server.search.normalize import reference_key
-from fhir_server.search.registry import REFERENCE, field_name
+from fhir_server.access.consent import ConsentPolicy
+from fhir_server.auth.principal import Principal
+from fhir_server.fhir.dmp import READ
 
 
 def _label(resource: dict) -> str:
@@ -31,27 +31,37 @@ def _label(resource: dict) -> str:
 class PatientPicker:
     """The standalone-launch patient picker's rules, over the repository (no HTTP, no scopes)."""
 
-    def __init__(self, repo, limit: int = 200) -> None:
+    def __init__(self, repo, consent: ConsentPolicy, limit: int = 200) -> None:
         self.repo = repo
+        self.consent = consent
         self.limit = limit
+
+    async def _authorizing(self, user) -> list[str]:
+        principal = Principal(kind="user", subject=user.username, fhir_user=user.fhir_user, role=user.role)
+        state = await self.consent.prepare(principal, None, self.repo)  # type: ignore[arg-type]
+        if state is None:
+            return []
+        await self.consent.load(principal, state, "Patient", None)
+        return sorted((state.reach or {}).get(READ, ()))[:self.limit]
+
+    async def exists(self, patient_id: str) -> bool:
+        return bool(patient_id) and await self.repo.read("Patient", patient_id) is not None
 
     async def accessible(self, user) -> list[tuple[str, str]]:
         if user.role == "patient":
             pid = user.patient_id
             v = await self.repo.read("Patient", pid) if pid else None
             return [(pid, _label(orjson.loads(v.json)))] if v is not None else []
-        flt = {} if user.role == "admin" else {field_name(REFERENCE, "general-practitioner"): user.fhir_user or ""}
-        page = await self.repo.find_page("Patient", flt, [("_id", 1)], self.limit)
+        if user.role == "admin":
+            page = await self.repo.find_page("Patient", {}, [("_id", 1)], self.limit)
+        else:
+            ids = await self._authorizing(user)
+            page = await self.repo.find_page("Patient", {"_id": {"$in": ids}}, [("_id", 1)], self.limit) if ids else []
         return [(v.id, _label(orjson.loads(v.json))) for v, _ in page]
 
     async def may_open(self, user, patient_id: str) -> bool:
         if user.role == "patient":
             return user.patient_id == patient_id
-        v = await self.repo.read("Patient", patient_id)
-        if v is None:
-            return False
         if user.role == "admin":
-            return True
-        resource = orjson.loads(v.json)
-        return any(reference_key(g.get("reference") or "") == user.fhir_user
-                   for g in resource.get("generalPractitioner") or () if isinstance(g, dict))
+            return await self.exists(patient_id)
+        return patient_id in await self._authorizing(user)

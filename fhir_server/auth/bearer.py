@@ -43,6 +43,10 @@ def principal_from_claims(claims: dict) -> Principal:
             purpose_of_use=purpose_of_use(claims),
             fhir_user=claims.get("fhirUser"),
             encounter=claims.get("encounter"),
+            role=claims.get("role"),
+            organization=claims.get("org"),
+            operator=claims.get("operator") is True,
+            btg_reason=claims.get("btg_reason"),
         )
         _principals[claims["jti"]] = p
         if len(_principals) > _MAX:

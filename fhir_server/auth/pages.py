@@ -65,8 +65,12 @@ def describe_scope(scope: str) -> str:
 
 
 def approve_page(rid: str, client_name: str, username: str, scopes: list[str],
-                 patients: list[tuple[str, str]] | None, error: str | None = None) -> str:
+                 patients: list[tuple[str, str]] | None, error: str | None = None,
+                 emergency: str | None = None) -> str:
     alert = f'<p class="alert" role="alert">{escape(error)}</p>' if error else ""
+    if emergency is not None:  # break-glass: the professional names the patient (id) they need in an emergency
+        alert += (f'<p class="alert" role="alert"><strong>Emergency access (break-glass)</strong>: reason given: '
+                  f'{escape(emergency)}. This access is traced and the patient is informed.</p>')
     items = "".join(f"<li><code>{escape(s)}</code>: {escape(describe_scope(s))}</li>" for s in scopes)
     picker = ""
     if patients is not None:
@@ -76,8 +80,11 @@ def approve_page(rid: str, client_name: str, username: str, scopes: list[str],
                 f'<label for="p{i}" style="display:inline;font-weight:normal">{escape(label)}</label></div>'
                 for i, (pid, label) in enumerate(patients))
             picker = f"<fieldset><legend>Choose the patient</legend>{options}</fieldset>"
-        else:
+        elif emergency is None:
             picker = '<p class="alert" role="alert">You have access to no patient record.</p>'
+        if emergency is not None:
+            picker += ('<label for="patient-id">Patient (record id) for emergency access</label>'
+                       '<input id="patient-id" name="patient" type="text" autocomplete="off">')
     return _page("Allow access?", f"""{alert}
 <p>Signed in as <strong>{escape(username)}</strong>.</p>
 <p>The application <strong>{escape(client_name)}</strong> asks for:</p>

@@ -25,6 +25,10 @@ class Principal:
     fhir_user: str | None = None  # e.g. "Practitioner/123" or "Patient/456"
     encounter: str | None = None
     unrestricted: bool = False  # only the insecure-dev-mode principal
+    role: str | None = None  # a user's role: patient | practitioner | admin
+    organization: str | None = None  # a backend client's Organization ("Organization/<id>")
+    operator: bool = False  # a backend client registered as an operator service (not bound by consent)
+    btg_reason: str | None = None  # the reason given when break-glass (purpose BTG) was declared
     grants: ScopeSet | None = None  # parsed scopes (built from `scopes` when not given)
 
     def __post_init__(self) -> None:
@@ -37,6 +41,11 @@ class Principal:
         if self.fhir_user and self.fhir_user.startswith("Patient/"):
             return self.fhir_user[len("Patient/"):]
         return None
+
+    @property
+    def break_glass(self) -> bool:
+        """Emergency access was declared for the patient in context (IHE IUA purpose of use BTG)."""
+        return "BTG" in self.purpose_of_use and self.patient is not None
 
     @property
     def scope_set(self) -> ScopeSet:

@@ -21,6 +21,7 @@ import base64
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal, Protocol, cast, overload
 from urllib.parse import unquote, urlencode, urlsplit
@@ -67,6 +68,11 @@ SCOPES_SUPPORTED = NON_RESOURCE_SCOPES + [
 ]
 _VERIFIER_RE = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
 FLOW_COOKIE = "fhir_auth_flow"
+# Emergency access (break-glass): SMART 2.2 has no parameter for a purpose of use, so this server
+# defines one on the authorization request, after IHE IUA's `purpose_of_use` claim, and publishes
+# it in .well-known/smart-configuration (`purpose_of_use_parameter`).
+PURPOSE_PARAM = "purpose_of_use"
+REASON_PARAM = "btg_reason"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -148,12 +154,18 @@ class PatientPicker(Protocol):
 
     async def may_open(self, user: User, patient_id: str) -> bool: ...
 
+    async def exists(self, patient_id: str) -> bool: ...
+
+
+BreakGlassNotice = Callable[[dict], Awaitable[None]]
+
 
 class AuthServer:
     def __init__(self, settings, db, patients: PatientPicker, users: UserDirectory | None = None,
-                 clients: ClientRegistry | None = None) -> None:
+                 clients: ClientRegistry | None = None, on_break_glass: BreakGlassNotice | None = None) -> None:
         self.settings = settings
         self.patients = patients
+        self.on_break_glass = on_break_glass
         self.users = users or MongoUserDirectory(db)
         self.clients = clients or MongoClientRegistry(db)
         self.state = StateStore(db)
@@ -177,6 +189,9 @@ class AuthServer:
             **_endpoints(iss),
             "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGS,
             "capabilities": CAPABILITIES,
+            "purpose_of_use_parameter": {"name": PURPOSE_PARAM, "values": ["BTG"], "reason_parameter": REASON_PARAM,
+                                         "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                                         "max_seconds": self.settings.break_glass_seconds},
         }, media_type="application/json")
 
     async def openid_configuration(self, request: Request) -> Response:
@@ -232,6 +247,15 @@ class AuthServer:
                 return fail("invalid_request", "the launch parameter is unknown or expired")
         params: dict[str, Any] = {
             k: p[k] for k in ("client_id", "redirect_uri", "scope", "state", "code_challenge", "nonce", "aud") if p.get(k)}
+        purpose = p.get(PURPOSE_PARAM)
+        if purpose:
+            if purpose != "BTG":
+                return fail("invalid_request", f"{PURPOSE_PARAM} supports BTG (emergency access) only")
+            reason = (p.get(REASON_PARAM) or "").strip()
+            if not reason or len(reason) > 500:
+                return fail("invalid_request", f"emergency access needs a reason ({REASON_PARAM}, at most 500 characters)")
+            params["purpose_of_use"] = "BTG"
+            params["btg_reason"] = reason
         if launch_ctx is not None:
             params["launch_context"] = {k: launch_ctx[k] for k in ("patient", "encounter", "fhirContext")
                                         if launch_ctx.get(k)}
@@ -285,16 +309,19 @@ class AuthServer:
 
     def _needs_picker(self, params: dict, user: User) -> bool:
         words = params["scope"].split()
-        return ("launch/patient" in words and not params.get("launch_context") and user.role != "patient")
+        return (("launch/patient" in words or bool(params.get("purpose_of_use")))
+                and not params.get("launch_context") and user.role != "patient")
 
     async def _approval(self, rid: str, params: dict, client: Client, user: User, error: str | None = None):
         picker = None
         if self._needs_picker(params, user):
             picker = await self.patients.accessible(user)
-        has_patient = bool(params.get("launch_context", {}).get("patient")) or user.role == "patient" or bool(picker)
+        emergency = params.get("btg_reason")
+        has_patient = bool(params.get("launch_context", {}).get("patient")) or user.role == "patient" or bool(
+            picker) or emergency is not None
         scopes = allowed_scopes(params["scope"].split(), client, user=user, patient=has_patient)
         return HTMLResponse(pages.approve_page(rid, client.name or client.client_id, user.name or user.username,
-                                               scopes, picker, error), headers=NO_STORE)
+                                               scopes, picker, error, emergency), headers=NO_STORE)
 
     async def approve(self, request: Request) -> Response:
         form = await request.form()
@@ -318,13 +345,25 @@ class AuthServer:
                                                       "error_description": "the user denied access", "state": state})
         context = dict(params.get("launch_context") or {})
         banner = not context  # EHR launch: the EHR shows the patient banner; standalone: the app must
+        emergency = params.get("purpose_of_use") == "BTG"
+        if emergency and not (user.role == "practitioner" and user.break_glass):
+            await self.state.drop_request(rid)
+            return _redirect(params["redirect_uri"], {"error": "access_denied", "error_description":
+                                                      "this user may not declare emergency access", "state": state})
         if user.role == "patient":
             context["patient"] = user.patient_id  # a patient only ever gets their own record in context
         elif self._needs_picker(params, user):
-            chosen = str(form.get("patient") or "")
-            if not chosen or not await self.patients.may_open(user, chosen):
-                return await self._approval(rid, params, client, user, "Choose one of the patients listed.")
+            chosen = str(form.get("patient") or "")[:64]
+            allowed = await (self.patients.exists(chosen) if emergency else self.patients.may_open(user, chosen))
+            if not chosen or not allowed:
+                return await self._approval(rid, params, client, user, "Choose one of the patients listed."
+                                            if not emergency else "No patient record has this id.")
             context["patient"] = chosen
+        if emergency:
+            if not context.get("patient"):
+                return await self._approval(rid, params, client, user, "Emergency access is for one patient.")
+            context["purpose_of_use"] = "BTG"
+            context["btg_reason"] = params["btg_reason"]
         scopes = allowed_scopes(params["scope"].split(), client, user=user, patient=bool(context.get("patient")))
         if not scopes:
             await self.state.drop_request(rid)
@@ -332,7 +371,7 @@ class AuthServer:
                                                       "error_description": "none of the requested scopes can be "
                                                                            "granted", "state": state})
         grant = {"client_id": client.client_id, "redirect_uri": params["redirect_uri"], "scope": " ".join(scopes),
-                 "user": user.username, "fhir_user": user.fhir_user, "name": user.name,
+                 "user": user.username, "fhir_user": user.fhir_user, "name": user.name, "role": user.role,
                  "code_challenge": params["code_challenge"], "nonce": params.get("nonce"),
                  "context": context, "need_patient_banner": banner, "grant": uuid.uuid4().hex}
         code = await self.state.put_code(grant, self.settings.authorization_code_seconds)
@@ -506,13 +545,18 @@ class AuthServer:
         client = await self._authenticate_client(request, form, required=True)
         if client.kind != "confidential-asymmetric":
             raise OAuthError("unauthorized_client", "client_credentials needs a client registered for private_key_jwt")
+        if form.get(PURPOSE_PARAM):
+            raise OAuthError("invalid_request", "a backend client cannot declare emergency access (break-glass is a "
+                                                "professional's, for one patient)")
         scopes = allowed_scopes(str(form.get("scope") or "").split(), client, user=None, patient=False)
         if not scopes:
             raise OAuthError("invalid_scope", "none of the requested scopes can be granted to this client")
         base, iss = self._urls(request)
         lifetime = min(self.settings.backend_token_seconds, 300)
+        acting = {"org": client.organization, "operator": client.operator}
         token, _ = self.tokens.access_token(issuer=iss, audience=base, sub=client.client_id,
-                                            client_id=client.client_id, scope=" ".join(scopes), lifetime=lifetime)
+                                            client_id=client.client_id, scope=" ".join(scopes), lifetime=lifetime,
+                                            context=acting)
         return {"access_token": token, "token_type": "Bearer", "expires_in": lifetime, "scope": " ".join(scopes)}
 
     async def _issue(self, request: Request, client: Client, grant: dict, *, refresh: bool,
@@ -521,8 +565,18 @@ class AuthServer:
         scopes = grant["scope"].split()
         context = grant.get("context") or {}
         token_ctx = {"patient": context.get("patient"), "encounter": context.get("encounter"),
-                     "fhirUser": grant.get("fhir_user")}
+                     "fhirUser": grant.get("fhir_user"), "role": grant.get("role"),
+                     "purpose_of_use": context.get("purpose_of_use"), "btg_reason": context.get("btg_reason")}
         lifetime = self.settings.access_token_seconds
+        emergency = context.get("purpose_of_use") == "BTG"
+        if emergency:  # bounded: no refresh, and no longer than the configured emergency window
+            lifetime = min(lifetime, self.settings.break_glass_seconds)
+            refresh = False
+            if self.on_break_glass is not None:  # traced, and the patient is told, before the token exists
+                await self.on_break_glass({"patient": context.get("patient"), "user": grant.get("user"),
+                                           "fhir_user": grant.get("fhir_user"), "name": grant.get("name"),
+                                           "client_id": client.client_id, "reason": context.get("btg_reason"),
+                                           "seconds": lifetime})
         token, _ = self.tokens.access_token(issuer=iss, audience=base, sub=grant["user"], client_id=client.client_id,
                                             scope=grant["scope"], lifetime=lifetime, grant=grant["grant"],
                                             context=token_ctx)
@@ -553,7 +607,7 @@ class AuthServer:
             else:
                 refresh_lifetime = max(1, int((refresh_exp.replace(tzinfo=refresh_exp.tzinfo or timezone.utc)
                                                - utcnow()).total_seconds()))
-            keep = {k: grant.get(k) for k in ("client_id", "scope", "user", "fhir_user", "name", "context",
+            keep = {k: grant.get(k) for k in ("client_id", "scope", "user", "fhir_user", "name", "role", "context",
                                                "need_patient_banner", "grant")}
             body["refresh_token"] = await self.state.put_refresh(keep, refresh_lifetime)
         return body

@@ -23,6 +23,8 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
+from fhir_server.fhir.identifiers import rpps_problem
+
 ROLES = ("patient", "practitioner", "admin")
 CLIENT_KINDS = ("public", "confidential-symmetric", "confidential-asymmetric")
 
@@ -70,6 +72,7 @@ class User:
     name: str = ""
     rpps: str | None = None  # 11-digit RPPS number of a professional
     disabled: bool = False
+    break_glass: bool = False  # a professional allowed to declare emergency access (purpose BTG)
 
     @property
     def patient_id(self) -> str | None:
@@ -93,7 +96,7 @@ class MongoUserDirectory:
     @staticmethod
     def _user(doc: dict) -> User:
         return User(doc["_id"], doc["role"], doc.get("fhir_user"), doc.get("name", ""), doc.get("rpps"),
-                    bool(doc.get("disabled")))
+                    bool(doc.get("disabled")), bool(doc.get("break_glass")))
 
     async def add(self, user: User, password: str) -> None:
         if user.role not in ROLES:
@@ -103,8 +106,11 @@ class MongoUserDirectory:
         if user.role == "practitioner":
             if not (user.fhir_user or "").startswith("Practitioner/"):
                 raise ValueError("a professional account is linked to a Practitioner (--fhir-user Practitioner/<id>)")
-            if not (user.rpps and user.rpps.isdigit() and len(user.rpps) == 11):
-                raise ValueError("a professional account needs an 11-digit RPPS number (--rpps)")
+            problem = rpps_problem(user.rpps or "")
+            if problem:
+                raise ValueError(f"a professional account needs a valid RPPS number (--rpps): {problem}")
+        if user.break_glass and user.role != "practitioner":
+            raise ValueError("only professionals may be allowed to declare emergency access")
         if len(password) < 8:
             raise ValueError("passwords have at least 8 characters")
         doc = {"_id": user.username, **{k: v for k, v in asdict(user).items() if k != "username"},
@@ -145,6 +151,8 @@ class Client:
     secret_hash: str | None = None
     jwks: dict | None = None
     jwks_uri: str | None = None
+    organization: str | None = None  # "Organization/<id>" a backend client acts for (consent applies to it)
+    operator: bool = False  # an operator service: not bound by patient consent (every access is audited)
 
     @property
     def confidential(self) -> bool:
@@ -162,7 +170,8 @@ class MongoClientRegistry:
     @staticmethod
     def _client(doc: dict) -> Client:
         return Client(doc["_id"], doc["kind"], doc.get("name", ""), list(doc.get("redirect_uris") or []),
-                      list(doc.get("scopes") or []), doc.get("secret_hash"), doc.get("jwks"), doc.get("jwks_uri"))
+                      list(doc.get("scopes") or []), doc.get("secret_hash"), doc.get("jwks"), doc.get("jwks_uri"),
+                      doc.get("organization"), bool(doc.get("operator")))
 
     async def add(self, client: Client, secret: str | None = None) -> None:
         if client.kind not in CLIENT_KINDS:
@@ -173,6 +182,9 @@ class MongoClientRegistry:
             raise ValueError("a confidential-asymmetric client needs a JWKS or a JWKS URL")
         if client.kind != "confidential-asymmetric" and not client.redirect_uris:
             raise ValueError("an app needs at least one redirect URI")
+        if client.organization is not None and not (client.organization.startswith("Organization/")
+                                                    and client.organization.count("/") == 1):
+            raise ValueError("a client's organization is a reference Organization/<id>")
         for uri in client.redirect_uris:
             if "#" in uri or not uri.startswith(("https://", "http://")):
                 raise ValueError(f"redirect URI '{uri}' must be an absolute http(s) URL without a fragment")

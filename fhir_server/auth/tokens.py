@@ -51,7 +51,7 @@ class TokenService:
                   "jti": uuid.uuid4().hex, "client_id": client_id, "scope": scope}
         if grant:
             claims["grant"] = grant
-        for name in ("patient", "encounter", "fhirUser"):
+        for name in ("patient", "encounter", "fhirUser", "role", "org", "operator", "purpose_of_use", "btg_reason"):
             if context and context.get(name):
                 claims[name] = context[name]
         return self.sign(claims, "at+jwt"), claims

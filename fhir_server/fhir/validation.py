@@ -6,7 +6,8 @@ are checked here. Spec: https://hl7.org/fhir/R4/json.html and https://hl7.org/fh
 
 Failures are split as https://hl7.org/fhir/R4/http.html#2.21.0.17 suggests: content that is not
 valid FHIR (structure, datatypes, JSON rules, required bindings) is 400; content that is valid FHIR
-but breaks this server's rules (an unresolvable urn:uuid outside a transaction) is 422.
+but breaks this server's rules (an unresolvable urn:uuid outside a transaction, an INS whose key
+does not match its NIR: fhir/identifiers.py) is 422.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from fhir_server.fhir.bindings import check_required_bindings
+from fhir_server.fhir.dmp import record_issues
+from fhir_server.fhir.identifiers import identifier_issues
 from fhir_server.fhir.outcome import FhirError, Issue
 from fhir_server.fhir.types import SUPPORTED, is_valid_id, reference_problem
 
@@ -141,6 +144,7 @@ def validate_resource(resource: dict, *, expected_type: str | None = None, allow
     ]
     if issues:
         raise FhirError(400, issues[0].code, issues[0].diagnostics, issues=issues[:MAX_ISSUES])
+    business += identifier_issues(resource, rtype) + record_issues(resource, rtype)
     if business:
         raise FhirError(422, "business-rule", business[0].diagnostics, issues=business)
     return rtype

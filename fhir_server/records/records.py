@@ -20,6 +20,7 @@ from datetime import datetime
 
 import orjson
 
+from fhir_server.access.compartment import ABOUT_PARAMS, about_patients
 from fhir_server.access.decision import Access, Effect
 from fhir_server.fhir.outcome import FhirError, gone, not_found
 from fhir_server.records import search
@@ -76,8 +77,8 @@ class Records:
         if decision.effect is Effect.DENY:
             raise _denied(perm, rtype, decision.reason)
 
-    def _sees(self, perm: str, v: Version | None) -> bool:
-        return v is not None and v.json is not None and self.access.may_read(perm, v.type, v.json)
+    async def _sees(self, perm: str, v: Version | None) -> bool:
+        return v is not None and v.json is not None and await self.access.may_read(perm, v.type, v.json)
 
     async def _last_content(self, rtype: str, rid: str) -> tuple[Version | None, Version | None]:
         """(current version, or the last one with content before a deletion; the newest history entry)."""
@@ -91,7 +92,7 @@ class Records:
 
     def _fast(self, perm: str, rtype: str) -> bool:
         """No per-resource question can fail: skip reading what only a check would need."""
-        return self.access.decide(perm, rtype).effect is Effect.PERMIT and self.access.filter(perm, rtype) == {}
+        return self.access.decide(perm, rtype).effect is Effect.PERMIT
 
     async def _disclose(self, versions: list[Version]) -> list[Version]:
         await self.hooks.disclosed(self.event, versions)
@@ -105,13 +106,13 @@ class Records:
         v = await self.repo.read(rtype, rid, unit=self.unit_)
         if v is None:
             latest = await self.repo.latest(rtype, rid, unit=self.unit_)
-            if latest is not None and latest.deleted and (self._fast("r", rtype) or self._sees(
+            if latest is not None and latest.deleted and (self._fast("r", rtype) or await self._sees(
                     "r", await self.repo.vread(rtype, rid, latest.version - 1, unit=self.unit_))):
                 err = gone(rtype, rid)
                 err.headers.update(_version_headers(latest))
                 raise err
             raise not_found(rtype, rid)
-        if not self.access.may_read("r", rtype, v.json):
+        if not await self.access.may_read("r", rtype, v.json):
             raise not_found(rtype, rid)  # never confirm existence to someone who may not see it
         await self._disclose([v])
         return v
@@ -126,13 +127,13 @@ class Records:
             raise missing
         if not self._fast("r", rtype):
             now, _ = await self._last_content(rtype, rid)
-            if not self._sees("r", now):
+            if not await self._sees("r", now):
                 raise missing
         if v.deleted:
             err = FhirError(410, "deleted", f"version {vid} of {rtype}/{rid} is a deletion")
             err.headers.update(_version_headers(v))
             raise err
-        if not self.access.may_read("r", rtype, v.json):
+        if not await self.access.may_read("r", rtype, v.json):
             raise missing
         await self._disclose([v])
         return v
@@ -140,7 +141,7 @@ class Records:
     async def _latest(self, perm: str, rtype: str, rid: str) -> Version | None:
         """The newest history entry of a resource the caller may see with `perm` (None otherwise)."""
         now, latest = await self._last_content(rtype, rid)
-        if latest is None or not (self._fast(perm, rtype) or self._sees(perm, now)):
+        if latest is None or not (self._fast(perm, rtype) or await self._sees(perm, now)):
             return None
         return latest
 
@@ -154,7 +155,7 @@ class Records:
             if latest is None:
                 raise not_found(rtype, rid)
             versions, more = await self._merged((rtype,), rid, since, before, count)
-            versions = [v for v in versions if v.deleted or self.access.may_read("r", rtype, v.json)]
+            versions = [v for v in versions if v.deleted or await self.access.may_read("r", rtype, v.json)]
             return HistoryPage(await self._disclose(versions), more, latest.version)
         types = (rtype,) if rtype is not None else self.repo.types
         if rtype is None:
@@ -220,16 +221,27 @@ class Records:
 
     # --- writes ----------------------------------------------------------------------------------
 
-    def _check_write(self, perm: str, rtype: str, before: Version | None, after: dict | None) -> None:
+    async def _check_write(self, perm: str, rtype: str, before: Version | None, after: dict | None) -> None:
         old = orjson.loads(before.json) if before is not None and before.json is not None else None
-        problem = self.access.write_problem(perm, rtype, old, after)
+        problem = await self.access.write_problem(perm, rtype, old, after)
         if problem:
-            raise forbidden(problem)
+            status, reason = problem
+            raise FhirError(status, "forbidden" if status == 403 else "business-rule", reason)
+        if after is not None and rtype != "Patient":
+            await self._patients_exist(rtype, after)
+
+    async def _patients_exist(self, rtype: str, resource: dict) -> None:
+        """A resource of a patient's record names a patient that exists (400 otherwise, as the
+        reference implementation answers): a record cannot hold data of no one."""
+        for pid in sorted(about_patients(rtype, resource)):
+            if await self.repo.read("Patient", pid, unit=self.unit_) is None:
+                raise FhirError(400, "invalid", f"{rtype} refers to Patient/{pid}, which does not exist",
+                                [f"{rtype}.{ABOUT_PARAMS[rtype][0]}"] if rtype in ABOUT_PARAMS else [])
 
     async def _visible_before(self, perm: str, rtype: str, rid: str) -> Version | None:
         """The current version a write replaces; 404 when the caller may not see it."""
         before = await self.repo.read(rtype, rid, unit=self.unit_)
-        if before is not None and not self.access.may_read(perm, rtype, before.json):
+        if before is not None and not await self.access.may_read(perm, rtype, before.json):
             raise not_found(rtype, rid)
         return before
 
@@ -240,7 +252,7 @@ class Records:
         self.require("c", rtype)
         rid = rid or str(uuid.uuid4())
         resource = {**resource, "id": rid}
-        self._check_write("c", rtype, None, resource)
+        await self._check_write("c", rtype, None, resource)
         v = await self.repo.create(rtype, resource, content=content, rid=rid, unit=self.unit_)
         await self.hooks.written(self.event, None, v)
         return v
@@ -251,7 +263,7 @@ class Records:
         self.require("u", rtype)
         before = await self._visible_before("u", rtype, rid)
         resource = {**resource, "id": rid}
-        self._check_write("u", rtype, before, resource)
+        await self._check_write("u", rtype, before, resource)
         v, created = await self.repo.update(rtype, rid, resource, if_match=if_match, content=content,
                                             unit=self.unit_)
         await self.hooks.written(self.event, before, v)
@@ -271,7 +283,7 @@ class Records:
                 raise FhirError(412, "conflict", f"If-Match expected version {if_match} but {rtype}/{rid} is at "
                                                  f"version {current.version}")
             patched = apply(current)
-            self._check_write("u", rtype, current, patched)
+            await self._check_write("u", rtype, current, patched)
             try:
                 v, _ = await self.repo.update(rtype, rid, patched, if_match=current.version, unit=self.unit_)
             except FhirError as exc:
@@ -287,7 +299,7 @@ class Records:
         self.require("d", rtype)
         before = await self._visible_before("d", rtype, rid)
         if before is not None:
-            self._check_write("d", rtype, before, None)
+            await self._check_write("d", rtype, before, None)
         v = await self.repo.delete(rtype, rid, if_match=if_match, unit=self.unit_)
         if v is not None:
             await self.hooks.written(self.event, before, v)

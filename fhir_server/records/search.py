@@ -9,13 +9,15 @@ checked again. Nothing here knows HTTP: the REST handler builds the Bundle and t
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from fhir_server.access.compartment import ABOUT_PARAMS
 from fhir_server.access.filters import patient_compartment_filter, restrict
 from fhir_server.fhir.outcome import FhirError
 from fhir_server.search import mongo
-from fhir_server.search.parse import Include, SearchError, SearchQuery
+from fhir_server.search.parse import Clause, Include, ReferenceValue, SearchError, SearchQuery, TokenValue
 from fhir_server.search.registry import REFERENCE, field_name, params_for
 from fhir_server.storage import keyset
 from fhir_server.storage.documents import Version
@@ -36,18 +38,45 @@ class SearchPage:
     docs: dict = field(default_factory=dict)  # (type, id) -> stored document with index fields
 
 
-def _searchable(records: Records, rtype: str, what: str) -> dict:
-    flt = records.access.filter("s", rtype)
+async def _searchable(records: Records, rtype: str, what: str, within: AbstractSet[str] | None = None) -> dict:
+    flt = await records.access.filter("s", rtype, within)
     if flt is None:
         raise FhirError(403, "forbidden", f"the token does not allow searching {rtype}{what}")
     return flt
+
+
+def pinned_patients(rtype: str, query: SearchQuery, compartment: str | None) -> frozenset[str] | None:
+    """The patients a query is confined to by its own criteria (a compartment search, `patient=`,
+    `subject=Patient/x`, a Patient `_id`), or None. Lets the access decision answer for these few
+    patients instead of every patient the caller may reach; the criteria still apply in full."""
+    if compartment is not None:
+        return frozenset([compartment])
+    about = set(ABOUT_PARAMS.get(rtype, ())) | ({"patient"} if rtype in ("DocumentReference", "List") else set())
+    for c in query.clauses:
+        if not isinstance(c, Clause) or c.chain is not None or c.missing is not None or c.modifier not in (None, "Patient"):
+            continue
+        if rtype == "Patient" and c.name == "_id" and all(isinstance(v, TokenValue) and v.system is None and v.code
+                                                          for v in c.values):
+            return frozenset(v.code for v in c.values)
+        if c.name not in about or c.param.type != "reference" or not c.values:
+            continue
+        ids = set()
+        for v in c.values:
+            if not isinstance(v, ReferenceValue) or v.url is not None or not v.id:
+                break
+            if v.type not in ("Patient", None) or (v.type is None and c.name != "patient" and c.modifier is None):
+                break
+            ids.add(v.id)
+        else:
+            return frozenset(ids)
+    return None
 
 
 async def matching_filter(records: Records, rtype: str, query: SearchQuery, compartment: str | None) -> dict:
     """The full filter: criteria, compartment and the access filter of every type touched."""
 
     async def find(target: str, flt: dict, fld: str) -> list:
-        access = _searchable(records, target, " (chained or _has search)")
+        access = await _searchable(records, target, " (chained or _has search)")
         return await records.repo.find_values(target, restrict(flt, access), fld, MAX_RESOLVED, unit=records.unit_)
 
     try:
@@ -60,7 +89,7 @@ async def matching_filter(records: Records, rtype: str, query: SearchQuery, comp
         if cf is None:
             raise FhirError(400, "not-supported", f"{rtype} is not in the Patient compartment")
         flt = restrict(flt, cf)
-    return restrict(flt, _searchable(records, rtype, ""))
+    return restrict(flt, await _searchable(records, rtype, "", pinned_patients(rtype, query, compartment)))
 
 
 async def run(records: Records, rtype: str, query: SearchQuery, *, compartment: str | None, sort: list,
@@ -78,7 +107,7 @@ async def run(records: Records, rtype: str, query: SearchQuery, *, compartment: 
         if len(page) > count:
             page = page[:count]
             next_position = page[-1][1]
-        matches = [v for v, _ in page if records.access.may_read("s", v.type, v.json)]
+        matches = [v for v, _ in page if await records.access.may_read("s", v.type, v.json)]
     if want_total and total is None:
         total = await records.repo.count(rtype, flt, unit=records.unit_)
     await records._disclose(matches)
@@ -88,7 +117,7 @@ async def run(records: Records, rtype: str, query: SearchQuery, *, compartment: 
 async def matching(records: Records, rtype: str, query: SearchQuery, limit: int) -> list[Version]:
     flt = await matching_filter(records, rtype, query, None)
     page = await records.repo.find_page(rtype, flt, [("_id", 1)], limit, unit=records.unit_)
-    return await records._disclose([v for v, _ in page if records.access.may_read("s", v.type, v.json)])
+    return await records._disclose([v for v, _ in page if await records.access.may_read("s", v.type, v.json)])
 
 
 async def includes(records: Records, query: SearchQuery, page: SearchPage) -> tuple[list[Version], bool]:
@@ -113,7 +142,7 @@ async def includes(records: Records, query: SearchQuery, page: SearchPage) -> tu
             for rtype, ids in _forward_targets(inc, frontier_docs).items():
                 if rtype not in repo.types:
                     continue
-                access = records.access.filter("s", rtype)
+                access = await records.access.filter("s", rtype)
                 ids = [i for i in ids if (rtype, i) not in seen]
                 if access is None or not ids:
                     continue
@@ -123,7 +152,7 @@ async def includes(records: Records, query: SearchQuery, page: SearchPage) -> tu
         for inc in revs:
             if inc.source_type not in repo.types:
                 continue
-            access = records.access.filter("s", inc.source_type)
+            access = await records.access.filter("s", inc.source_type)
             if access is None:
                 continue
             refs = [f"{v.type}/{v.id}" for v in frontier]
@@ -133,7 +162,7 @@ async def includes(records: Records, query: SearchQuery, page: SearchPage) -> tu
             flt = conds[0] if len(conds) == 1 else {"$or": conds}
             rows = await repo.find_docs(inc.source_type, restrict(flt, access), MAX_INCLUDED + 1, unit=records.unit_)
             found += _take(rows, seen, docs)
-        found = [v for v in found if records.access.may_read("s", v.type, v.json)]
+        found = [v for v in found if await records.access.may_read("s", v.type, v.json)]
         room = MAX_INCLUDED - len(out)
         if len(found) > room:
             found, truncated = found[:room], True

@@ -401,7 +401,8 @@ _INDEXES: dict[str, list[list[tuple[str, str]]]] = {
     "Practitioner": [[("identifier", TOKEN)], [("name", STRING)], [("family", STRING)], [("given", STRING)]],
     "PractitionerRole": [[("identifier", TOKEN)], [("practitioner", REFERENCE)], [("organization", REFERENCE)]],
     "Organization": [[("identifier", TOKEN)], [("name", STRING)]],
-    "Consent": [[("patient", REFERENCE), ("date", DATE + ".lo")], [("identifier", TOKEN)]],
+    "Consent": [[("patient", REFERENCE), ("date", DATE + ".lo")], [("identifier", TOKEN)], [("actor", REFERENCE)],
+                [("consentor", REFERENCE)]],
     "DocumentReference": [
         [("identifier", TOKEN)],
         [("subject", REFERENCE), ("type", TOKEN), ("date", DATE + ".lo")],

@@ -17,7 +17,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import orjson
@@ -48,6 +48,7 @@ from fhir_server.storage.documents import (
     now_ms,
 )
 from fhir_server.storage.transactions import COMMITTED, H_TX, AppTransaction, recover, settle
+from fhir_server.storage.unique import UniqueKeys
 
 MAX_WRITE_ATTEMPTS = 64
 MAX_SPLIT = 1001  # ids looked up one by one where the engine cannot use an index for `$in`
@@ -64,6 +65,7 @@ class Unit:
 
     session: AsyncClientSession | None = None
     tx: AppTransaction | None = None
+    claims: list[tuple[str, str]] = field(default_factory=list)  # unique keys claimed: released on rollback
 
 
 def _s(unit: Unit | None) -> AsyncClientSession | None:
@@ -74,6 +76,7 @@ def _tx(unit: Unit | None) -> AppTransaction | None:
     return unit.tx if unit is not None else None
 IndexFields = Callable[[dict], dict]
 IndexSpecs = Callable[[str], list[IndexModel]]
+UniqueKeysOf = Callable[[str, dict], list[str]]
 
 
 def _no_index_fields(resource: dict) -> dict:
@@ -81,6 +84,10 @@ def _no_index_fields(resource: dict) -> dict:
 
 
 def _no_index_specs(rtype: str) -> list[IndexModel]:
+    return []
+
+
+def _no_unique_keys(rtype: str, resource: dict) -> list[str]:
     return []
 
 
@@ -134,6 +141,7 @@ class Repository:
         transactions: bool = False,
         crash_after: int | None = None,
         in_pushdown: bool = True,
+        unique_keys: UniqueKeysOf = _no_unique_keys,
     ) -> None:
         self.in_pushdown = in_pushdown  # False: the engine scans for `$in` (FerretDB v1), split it
         self.client = client
@@ -145,6 +153,8 @@ class Repository:
         self.binaries = binaries
         self._index_fields = index_fields
         self._index_specs = index_specs
+        self._unique_keys = unique_keys
+        self.uniques = UniqueKeys(db)
         self._current = {t: db[t] for t in types}
         self._history = {t: db[history_collection(t)] for t in types}
 
@@ -169,22 +179,30 @@ class Repository:
         Native MongoDB multi-document transaction where the engine has them; elsewhere the
         application-level commit protocol of storage/transactions.py. `atomic=False` accepts
         independent writes (each atomic on its own) where the engine has no transactions."""
-        if self.transactions:
-            async with self.client.start_session() as session:
-                async with await session.start_transaction():
-                    yield Unit(session)
-            return
-        if not atomic:
-            yield Unit()
-            return
-        tx = AppTransaction(self)
-        await tx.begin()
+        unit = Unit()
         try:
-            yield Unit(tx=tx)
+            if self.transactions:
+                async with self.client.start_session() as session:
+                    async with await session.start_transaction():
+                        unit.session = session
+                        yield unit
+                return
+            if not atomic:
+                yield unit
+                return
+            tx = AppTransaction(self)
+            await tx.begin()
+            unit.tx = tx
+            try:
+                yield unit
+            except BaseException:
+                await tx.abort()
+                raise
+            await tx.commit()
         except BaseException:
-            await tx.abort()
+            for key, owner in unit.claims:  # what the rolled-back writes claimed is free again
+                await self.uniques.release([key], owner)
             raise
-        await tx.commit()
 
     async def recover(self) -> int:
         """Finish what crashed transactions left (start-up): roll committed ones forward, roll
@@ -430,6 +448,44 @@ class Repository:
             if content is not None:
                 hist[F_BINARY] = await self.binaries.put(content, session=_s(unit))
                 hist[F_BINARY_SIZE] = len(content)
+        claimed = await self._claim(rtype, rid, resource, unit) if resource is not None else []
+        try:
+            return await self._store_version(rtype, rid, hist, resource, unit)
+        except BaseException:
+            await self.uniques.release(claimed, f"{rtype}/{rid}")
+            raise
+
+    async def _claim(self, rtype: str, rid: str, resource: dict, unit: Unit | None) -> list[str]:
+        """Claim the resource's unique keys (storage/unique.py) before its version is written."""
+        keys = self._unique_keys(rtype, resource)
+        if not keys:
+            return []
+        owner = f"{rtype}/{rid}"
+        session = _s(unit)
+        claimed = await self.uniques.claim(keys, owner, self._holds, session)
+        if session is not None:
+            return []  # part of the native transaction: rolled back with it
+        if unit is not None:
+            unit.claims += [(k, owner) for k in claimed]
+        return claimed
+
+    async def _holds(self, owner: str, key: str) -> bool | None:
+        """Whether `owner` carries `key` now (None: it has no committed version yet)."""
+        rtype, _, rid = owner.partition("/")
+        if rtype not in self._current:
+            return False
+        doc = await self._current[rtype].find_one({F_ID: rid}, projection={F_JSON: 1})
+        if doc is None:
+            doc = await self._history[rtype].find_one({H_RESOURCE_ID: rid, **COMMITTED}, projection={F_JSON: 1},
+                                                      sort=[(F_VERSION, DESCENDING)])
+            if doc is None:
+                return None
+        if doc.get(F_JSON) is None:
+            return False  # a deletion
+        return key in self._unique_keys(rtype, orjson.loads(doc[F_JSON]))
+
+    async def _store_version(self, rtype: str, rid: str, hist: dict, resource: dict | None,
+                             unit: Unit | None) -> Version:
         tx = _tx(unit)
         if tx is not None:  # pending: invisible to readers until the transaction commits
             hist[H_TX] = tx.id

@@ -1,0 +1,375 @@
+"""Patient consent at the decision point: who may see and add to whose record (IHE PCF).
+
+`ConsentPolicy` is a `Policy` (access/decision.py), so it is asked on every path to data that the
+records layer serves — read, vread, history, search (its filter goes into the query and the count),
+includes, chains, `_has`, conditional matching, every Bundle entry, operations, Binary — and never
+by handlers. The rules are in access/consent_rules.py; this module decides who the caller is,
+fetches what the rules need, and turns verdicts into database filters and per-resource answers.
+
+Callers:
+* a professional (a practitioner user; their identities are their Practitioner, their
+  PractitionerRoles and those roles' Organizations) and a backend client acting for the
+  Organization it is registered for: reach a record's data only as its Consents allow (read, add),
+  or under break-glass for the patient their token declared it for; masked documents only when
+  they authored them or are the patient's general practitioner;
+* the patient (their own record, as their scopes already confine them): everything but what a
+  professional marked hidden from them; they add documents of their own (patient-authored), change
+  only those, and may (un)mask any document of their record;
+* an administrator: the Patient and Consent resources (to administer records), no clinical data;
+* an operator service (a backend client registered as such) and the insecure development
+  principal: not bound by consent (they are audited by the audit hooks).
+
+Everything is read fresh from the database for each interaction (one indexed query per patient
+touched, batched; a cross-patient search reads the Consents naming the professional), so a
+revocation or a block takes effect on the very next request, on every worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from fhir_server.access.compartment import ABOUT_PARAMS, about_patients
+from fhir_server.access.consent_rules import OPEN, Record, Verdict, authorize, record_of
+from fhir_server.access.decision import Decision, Policy, deny
+from fhir_server.auth.principal import Principal
+from fhir_server.fhir import dmp
+from fhir_server.fhir.interactions import Interaction
+from fhir_server.search.mongo import NOTHING
+from fhir_server.search.registry import REFERENCE, TOKEN, field_name
+
+MASKED_TOKEN = f"{dmp.SECURITY_SYSTEM}|{dmp.MASKED}"
+HIDDEN_TOKEN = f"{dmp.SECURITY_SYSTEM}|{dmp.HIDDEN_FROM_PATIENT}"
+SECURITY_FIELD = field_name(TOKEN, "_security")
+RECORD_TYPES = frozenset(ABOUT_PARAMS) | {"Patient"}  # types whose resources belong to a patient's record
+LABELLED_TYPES = ("DocumentReference", "Binary")
+ADMIN_TYPES = ("Patient", "Consent")
+MAX_PATIENTS = 20000  # records one professional's cross-patient search may reach
+
+PROFESSIONAL, PATIENT, ADMIN = "professional", "patient", "admin"
+
+
+def _about_field(rtype: str) -> str:
+    return "_id" if rtype == "Patient" else field_name(REFERENCE, ABOUT_PARAMS[rtype][0])
+
+
+def _refs(ids, rtype: str = "") -> list[str]:
+    """How the about-field of `rtype` stores these patients (Patient: bare ids in `_id`)."""
+    return sorted(ids) if rtype == "Patient" else [f"Patient/{p}" for p in sorted(ids)]
+
+
+def _in(fieldname: str, values: list[str]) -> dict:
+    if not values:
+        return NOTHING
+    return {fieldname: values[0]} if len(values) == 1 else {fieldname: {"$in": values}}
+
+
+def _authors(doc: dict) -> set[str]:
+    return {ref for a in doc.get("author") or () for ref in [dmp.ref_of(a)] if ref}
+
+
+@dataclass(slots=True)
+class ConsentState:
+    kind: str
+    reader: Any  # the repository (storage/repository.py); access never imports it
+    ids: set[str] = field(default_factory=set)
+    roles_loaded: bool = False
+    records: dict[str, Record] = field(default_factory=dict)
+    reach: dict[str, frozenset[str]] | None = None  # action -> patients reachable (cross-patient)
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+class ConsentPolicy(Policy):
+    def __init__(self, default: str = "deny-except-btg") -> None:
+        self.default = default
+
+    # --- who is asking ---------------------------------------------------------------------------
+
+    async def prepare(self, principal: Principal, ix: Interaction, reader) -> ConsentState | None:
+        if principal.kind == "client":
+            if principal.operator:
+                return None
+            return ConsentState(PROFESSIONAL, reader, {principal.organization} if principal.organization else set(),
+                                roles_loaded=True)
+        role = principal.role or ("patient" if principal.user_patient else "practitioner" if principal.fhir_user
+                                  else "admin")
+        if principal.kind != "user":
+            return None  # developer (unrestricted) never reaches here; anonymous is denied by scopes
+        if role == "patient":
+            return ConsentState(PATIENT, reader)
+        if role == "admin":
+            return ConsentState(ADMIN, reader)
+        return ConsentState(PROFESSIONAL, reader, {principal.fhir_user} if principal.fhir_user else set())
+
+    # --- what the decisions need -----------------------------------------------------------------
+
+    async def load(self, principal: Principal, state: ConsentState, rtype: str, patients: AbstractSet[str] | None,
+                   resource: dict | None = None) -> None:
+        if rtype not in RECORD_TYPES or state.kind == ADMIN:
+            return
+        if patients is None:
+            if state.kind == PROFESSIONAL:
+                await self._load_reach(principal, state, rtype)
+            return
+        await self._load_records(state, patients)
+        if state.kind == PROFESSIONAL:
+            if not state.roles_loaded and any(a.split("/")[0] != "Practitioner" for p in patients
+                                              for r in state.records[p].rules for a in r.actors):
+                await self._load_roles(state)
+            if resource is not None and dmp.MASKED in dmp.labels(resource):
+                await self._load_gp(state, patients)
+            elif resource is None and rtype in LABELLED_TYPES:
+                await self._load_gp(state, patients)
+
+    async def _load_records(self, state: ConsentState, patients: AbstractSet[str]) -> None:
+        missing = [p for p in patients if p not in state.records]
+        if not missing:
+            return
+        by_patient: dict[str, list[dict]] = {p: [] for p in missing}
+        rows = await state.reader.find_docs("Consent", _in(field_name(REFERENCE, "patient"), _refs(missing)),
+                                            MAX_PATIENTS)
+        for v, _ in rows:
+            consent = orjson.loads(v.json)
+            ref = dmp.ref_of(consent.get("patient")) or ""
+            pid = ref[len("Patient/"):]
+            if pid in by_patient:
+                by_patient[pid].append(consent)
+        for pid, consents in by_patient.items():
+            state.records[pid] = record_of(pid, consents)
+
+    async def _load_roles(self, state: ConsentState) -> None:
+        state.roles_loaded = True
+        practitioners = [i for i in state.ids if i.startswith("Practitioner/")]
+        if not practitioners:
+            return
+        rows = await state.reader.find_docs("PractitionerRole", _in(field_name(REFERENCE, "practitioner"),
+                                                                    practitioners), 1000)
+        for v, doc in rows:
+            state.ids.add(f"PractitionerRole/{v.id}")
+            orgs = doc.get(field_name(REFERENCE, "organization")) or []
+            state.ids.update(o for o in ([orgs] if isinstance(orgs, str) else orgs) if o.startswith("Organization/"))
+
+    async def _load_gp(self, state: ConsentState, patients: AbstractSet[str]) -> None:
+        missing = [p for p in patients if p in state.records and state.records[p].gp is None]
+        if not missing:
+            return
+        gp_field = field_name(REFERENCE, "general-practitioner")
+        found = {v.id: doc.get(gp_field) for v, doc in await state.reader.find_docs(
+            "Patient", _in("_id", sorted(missing)), len(missing))}
+        for p in missing:
+            gp = found.get(p) or []
+            state.records[p].gp = frozenset([gp] if isinstance(gp, str) else gp)
+
+    async def _load_reach(self, principal: Principal, state: ConsentState, rtype: str) -> None:
+        """Every patient whose Consents name this professional (and the break-glass patient)."""
+        if state.reach is None:
+            if not state.roles_loaded:
+                await self._load_roles(state)
+            ids = sorted(state.ids)
+            candidates: set[str] = set()
+            if ids:
+                flt = {"$or": [_in(field_name(REFERENCE, "actor"), ids), _in(field_name(REFERENCE, "consentor"), ids)]}
+                for _, doc in await state.reader.find_docs("Consent", flt, MAX_PATIENTS):
+                    ref = doc.get(field_name(REFERENCE, "patient"))
+                    if isinstance(ref, str) and ref.startswith("Patient/"):
+                        candidates.add(ref[len("Patient/"):])
+            if principal.break_glass:
+                candidates.add(principal.patient)  # type: ignore[arg-type]
+            await self._load_records(state, candidates)
+            state.reach = {action: frozenset(p for p in candidates if self._verdict(principal, state, p, action).allowed)
+                           for action in (dmp.READ, dmp.ADD)}
+        if rtype in LABELLED_TYPES:
+            await self._load_gp(state, state.reach[dmp.READ])
+
+    # --- decisions -------------------------------------------------------------------------------
+
+    def _verdict(self, principal: Principal, state: ConsentState, patient: str, action: str) -> Verdict:
+        return authorize(state.records[patient], state.ids, action, state.now,
+                         break_glass=principal.break_glass and principal.patient == patient
+                         and principal.role == "practitioner", default=self.default)
+
+    def decide(self, principal: Principal, state: ConsentState, perm: str, rtype: str | None) -> Decision | None:
+        if state.kind == ADMIN and rtype in RECORD_TYPES and rtype not in ADMIN_TYPES:
+            return deny("administrators have no access to clinical data")
+        return None
+
+    def restricts(self, principal: Principal, state: ConsentState, perm: str, rtype: str) -> bool:
+        if state.kind == PROFESSIONAL:
+            return rtype in RECORD_TYPES
+        if state.kind == PATIENT:
+            return rtype in LABELLED_TYPES
+        return False
+
+    def _masked_visible(self, state: ConsentState, patients: AbstractSet[str]) -> set[str]:
+        """Of these patients, those whose masked documents this professional sees (their GP)."""
+        return {p for p in patients if (state.records[p].gp or frozenset()) & state.ids}
+
+    def db_filter(self, principal: Principal, state: ConsentState, perm: str, rtype: str,
+                  within: AbstractSet[str] | None) -> dict | None:
+        if state.kind == PATIENT:
+            return {SECURITY_FIELD: {"$ne": HIDDEN_TOKEN}} if rtype in LABELLED_TYPES else None
+        if state.kind != PROFESSIONAL or rtype not in RECORD_TYPES:
+            return None
+        if within is not None:
+            allowed = {p for p in within if self._verdict(principal, state, p, dmp.READ).allowed}
+            base = {} if allowed == set(within) else _in(_about_field(rtype), _refs(allowed, rtype))
+        else:
+            assert state.reach is not None
+            allowed = set(state.reach[dmp.READ])
+            base = _in(_about_field(rtype), _refs(allowed, rtype))
+        if not allowed:
+            return NOTHING
+        if rtype not in LABELLED_TYPES:
+            return base
+        gp_of = self._masked_visible(state, allowed)
+        if gp_of == allowed:
+            return base
+        visible = [{SECURITY_FIELD: {"$ne": MASKED_TOKEN}}]
+        if rtype == "DocumentReference" and state.ids:
+            visible.append(_in(field_name(REFERENCE, "author"), sorted(state.ids)))
+        if gp_of:
+            visible.append(_in(_about_field(rtype), _refs(gp_of, rtype)))
+        masking = visible[0] if len(visible) == 1 else {"$or": visible}
+        return masking if not base else {"$and": [base, masking]}
+
+    def may_read(self, principal: Principal, state: ConsentState, rtype: str, resource: dict) -> bool | None:
+        if state.kind == PATIENT:
+            return dmp.HIDDEN_FROM_PATIENT not in dmp.labels(resource)
+        if state.kind != PROFESSIONAL or rtype not in RECORD_TYPES:
+            return None
+        patients = about_patients(rtype, resource)
+        if not patients:
+            return False  # compartment data of no one's record: not a professional's to see
+        if not all(self._verdict(principal, state, p, dmp.READ).allowed for p in patients):
+            return False
+        if dmp.MASKED in dmp.labels(resource):
+            return bool(_authors(resource) & state.ids) or self._masked_visible(state, patients) == patients
+        return True
+
+    def write_problem(self, principal: Principal, state: ConsentState, perm: str, rtype: str, before: dict | None,
+                      after: dict | None) -> tuple[int, str] | str | None:
+        if rtype not in RECORD_TYPES:
+            return None
+        if state.kind == PROFESSIONAL:
+            return self._professional_write(principal, state, rtype, before, after)
+        if state.kind == PATIENT:
+            return self._patient_write(principal, state, rtype, before, after)
+        if state.kind == ADMIN:
+            if rtype != "Consent":
+                return "administrators have no access to clinical data"
+            if after is not None and dmp.origin_of(after) != "administrator":
+                return f"a Consent an administrator records is tagged {dmp.ORIGIN_SYSTEM}|administrator"
+        return None
+
+    def _professional_write(self, principal: Principal, state: ConsentState, rtype: str, before: dict | None,
+                            after: dict | None) -> str | None:
+        doc = after if after is not None else before
+        assert doc is not None
+        patients = about_patients(rtype, doc) | (about_patients(rtype, before) if before is not None else set())
+        if rtype == "Patient" and before is None:
+            return None  # registering a patient's identity: their record does not exist yet
+        if not patients:
+            return f"a professional writes {rtype} resources of a patient's record only"
+        if rtype == "Consent":
+            return self._professional_consent(principal, state, before, after)
+        for p in patients:
+            verdict = self._verdict(principal, state, p, dmp.ADD)
+            if not verdict.allowed:
+                return f"not authorized to add to this patient's record: {verdict.reason}"
+        if before is not None and rtype == "DocumentReference" and dmp.is_patient_authored(before):
+            return "documents of the patient's personal space are changed by the patient only"
+        if before is not None and after is not None and (
+                (dmp.MASKED in dmp.labels(before)) != (dmp.MASKED in dmp.labels(after))):
+            return "only the patient masks or unmasks a document"
+        if before is None and after is not None and dmp.MASKED in dmp.labels(after):
+            return "only the patient masks a document"
+        return None
+
+    def _professional_consent(self, principal: Principal, state: ConsentState, before: dict | None,
+                              after: dict | None) -> str | None:
+        if before is not None or after is None:
+            return "only the patient changes or revokes an authorization"
+        patient = next(iter(about_patients("Consent", after)))
+        rec = state.records[patient]
+        blocked = authorize(rec, state.ids, dmp.READ, state.now, break_glass=False, default=self.default)
+        if rec.state == OPEN and not blocked.allowed and "blocked" in blocked.reason:
+            return "the patient has blocked this professional"
+        policy = dmp.policy_of(after)
+        if policy == dmp.RECORD_POLICY:
+            performers = {dmp.ref_of(p) for p in after.get("performer") or ()}
+            if not performers <= state.ids | {f"Patient/{patient}"} or not performers & state.ids:
+                return "a professional records the patient's agreement to create the record in their own name " \
+                       "(performer)"
+            return None
+        if policy != dmp.AUTHORIZATION_POLICY or (after.get("provision") or {}).get("type") != "permit":
+            return "a professional records only the authorization the patient gave them (a permit)"
+        if rec.state != OPEN:
+            return "the patient's record is not open"
+        actors = {dmp.ref_of(a.get("reference")) for a in after["provision"].get("actor") or ()}
+        if not actors <= state.ids:
+            return "a professional records an authorization for themselves or their organization only"
+        if dmp.origin_of(after) != "professional":
+            return f"an authorization recorded by a professional is tagged {dmp.ORIGIN_SYSTEM}|professional"
+        return None
+
+    def _patient_write(self, principal: Principal, state: ConsentState, rtype: str, before: dict | None,
+                       after: dict | None) -> str | None:
+        me = principal.user_patient or principal.patient
+        if me is None:
+            return None
+        rec = state.records.get(me)
+        if rtype == "Consent":
+            if after is not None and dmp.origin_of(after) not in (None, "patient") and (
+                    before is None or dmp.origin_of(before) != dmp.origin_of(after)):
+                return f"a Consent the patient records is not tagged as recorded by someone else ({dmp.ORIGIN_SYSTEM})"
+            return None
+        if rtype == "Patient":
+            return None
+        if rec is None or rec.state != OPEN:
+            return "the patient's record is not open" if rec is None or rec.state == "closed" else \
+                "the patient has no shared record yet (record-creation consent)"
+        if before is not None and after is not None and (
+                (dmp.HIDDEN_FROM_PATIENT in dmp.labels(before)) != (dmp.HIDDEN_FROM_PATIENT in dmp.labels(after))):
+            return "only a professional lifts the hidden-from-patient mark"
+        if rtype == "DocumentReference":
+            mine = f"Patient/{me}"
+            if before is None:
+                if after is not None and (mine not in _authors(after) or not dmp.is_patient_authored(after)):
+                    return (f"a patient adds documents of their own: author {mine} and category "
+                            f"{dmp.CATEGORY_SYSTEM}|{dmp.PATIENT_AUTHORED}")
+                return None
+            if mine in _authors(before) and dmp.is_patient_authored(before):
+                return None
+            if after is None:
+                return "a patient deletes only documents of their own"
+            if _without_mask(before) != _without_mask(after):
+                return "a patient changes only documents of their own (they may mask or unmask any document)"
+            return None
+        if rtype == "Binary" and before is not None:
+            if after is None or _without_mask(before) != _without_mask(after):
+                return "a patient may only mask or unmask the content of a document"
+        return None
+
+
+def _without_mask(resource: dict) -> dict:
+    """The resource without version metadata and without the masked label (what a patient may change)."""
+    out = dict(resource)
+    meta = dict(out.get("meta") or {})
+    for k in ("versionId", "lastUpdated"):
+        meta.pop(k, None)
+    security = [c for c in meta.get("security") or ()
+                if not (isinstance(c, dict) and (c.get("system"), c.get("code")) == (dmp.SECURITY_SYSTEM, dmp.MASKED))]
+    if security:
+        meta["security"] = security
+    else:
+        meta.pop("security", None)
+    if meta:
+        out["meta"] = meta
+    else:
+        out.pop("meta", None)
+    return out
+
