@@ -155,3 +155,16 @@ def auth_world(ferretdb_uri):
         yield build_world(s)
     finally:
         stop_server(s)
+
+
+@pytest.fixture(scope="session")
+def consent_world(ferretdb_uri):
+    """A server (two workers) enforcing SMART scopes and patient consent, with records, consents,
+    professionals and clients (tests/consent_world.py)."""
+    from tests.consent_world import build_consent_world
+
+    s = start_server(ferretdb_uri, {"FHIR_INSECURE_DEV_MODE": "false", "FHIR_WORKERS": "2"})
+    try:
+        yield build_consent_world(s)
+    finally:
+        stop_server(s)

@@ -46,7 +46,26 @@ class ConsentWorld:
         raise AttributeError(name)
 
     def client(self, who: str):
-        return fhir_client(self.server, self.tokens[who])
+        return fhir_client(self.server, self.tokens[who] if who in self.tokens else who)
+
+    def fresh_patient(self, *, record: bool = True, gp: str | None = None, user: bool = True) -> tuple[str, str]:
+        """A new patient (open record unless `record` is False) and, with `user`, their token."""
+        body: dict = {"resourceType": "Patient", "name": [{"family": "Fresh"}],
+                      "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": new_ins()}]}
+        if gp:
+            body["generalPractitioner"] = [{"reference": gp}]
+        with self.client("operator") as op:
+            pid = op.post("/Patient", json=body, headers=FHIR).json()["id"]
+            if record:
+                assert op.post("/Consent", json=record_consent(pid), headers=FHIR).status_code == 201
+        token = ""
+        if user:
+            add_user(self.server, f"p-{pid}", "patient", f"Patient/{pid}")
+            token = user_token(self.server, "app", f"p-{pid}", "launch/patient patient/*.cruds")["access_token"]
+        return pid, token
+
+    def pr(self, who: str) -> str:
+        return f"Practitioner/{self.ids['pr_' + who]}"
 
 
 def _luhn_fix(ten: str) -> str:

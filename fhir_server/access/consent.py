@@ -265,6 +265,9 @@ class ConsentPolicy(Policy):
                 return f"a Consent an administrator records is tagged {dmp.ORIGIN_SYSTEM}|administrator"
         return None
 
+    def may_learn_existence(self, principal: Principal, state: ConsentState) -> bool | None:
+        return state.kind == PROFESSIONAL
+
     def _professional_write(self, principal: Principal, state: ConsentState, rtype: str, before: dict | None,
                             after: dict | None) -> str | None:
         doc = after if after is not None else before

@@ -114,6 +114,11 @@ class Policy:
         """Why this write is refused: a reason (403), or (status, reason); None to abstain."""
         return None
 
+    def may_learn_existence(self, principal: Principal, state) -> bool | None:
+        """Whether a caller this policy hides records from may be told that a record exists for an
+        exact national identifier (the DMP's existence check); None to abstain."""
+        return None
+
 
 class AccessDecisionPoint:
     """Holds the policies; `prepare` gives the per-interaction `Access` that answers questions."""
@@ -247,6 +252,11 @@ class Access:
             return True
         await self._load(rtype, about_patients(rtype, doc), doc)
         return all(policy.may_read(self.principal, state, rtype, doc) is not False for policy, state in self._active)
+
+    def may_learn_existence(self) -> bool:
+        """Whether this caller may be told that a record exists for an exact INS it searched for."""
+        answers = [policy.may_learn_existence(self.principal, state) for policy, state in self._active]
+        return any(a is True for a in answers) and not any(a is False for a in answers)
 
     async def write_problem(self, perm: str, rtype: str, before: dict | None,
                             after: dict | None) -> tuple[int, str] | None:

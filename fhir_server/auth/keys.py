@@ -3,8 +3,8 @@
 Keys live in `auth_signing_keys` (`_id` = kid, the private JWK, `created`). The newest key signs;
 the JWKS publishes the newest `PUBLISHED` keys, so tokens signed before a rotation stay valid until
 they expire. A key older than the rotation period is replaced at start-up or on the next
-`ensure_current` call. Several workers may rotate at once: each inserts its own key and all of them
-then sign with the newest one, which is harmless.
+`ensure_current` call. Several workers may rotate at once: each inserts its own key and signs with
+the newest it knows; a worker meeting another's kid reads that key by id (`find_or_reload`).
 
 Keys are RSA 2048 with RS256, which every OpenID Connect relying party must support
 (OpenID Connect Core §15.1). Not encrypted at rest yet: protect the database.
@@ -29,6 +29,7 @@ class KeyStore:
         self.rotation = timedelta(days=rotation_days)
         self._keys: list[tuple[str, jwk.RSAKey]] = []  # newest first
         self._loaded_at = 0.0
+        self._unknown: dict[str, float] = {}  # kids found nowhere -> until when to trust that
 
     async def load(self) -> None:
         docs = [d async for d in self.col.find({}, sort=[("created", -1)], limit=PUBLISHED)]
@@ -61,12 +62,25 @@ class KeyStore:
         return None
 
     async def find_or_reload(self, kid: str) -> jwk.RSAKey | None:
-        """A key by kid; an unknown kid reloads (another worker rotated), at most once a second."""
+        """A key by kid. An unknown kid may be another worker's newer key (workers starting together
+        on a fresh database each create one, and rotations happen anywhere): it is looked up by its
+        `_id`, one indexed read, and a kid found nowhere is remembered for a while so that tokens
+        with made-up kids cost one lookup each, not one per request."""
         key = self.find(kid)
-        if key is None and time.monotonic() - self._loaded_at > 1.0:
-            await self.load()
-            key = self.find(kid)
-        return key
+        if key is not None:
+            return key
+        now = time.monotonic()
+        if self._unknown.get(kid, 0.0) > now:
+            return None
+        doc = await self.col.find_one({"_id": kid})
+        if doc is None or doc["created"].replace(tzinfo=doc["created"].tzinfo or utcnow().tzinfo) \
+                < utcnow() - 2 * self.rotation:
+            if len(self._unknown) > 10000:
+                self._unknown.clear()
+            self._unknown[kid] = now + 60.0
+            return None
+        await self.load()
+        return self.find(kid) or jwk.RSAKey.import_key(doc["jwk"])
 
     def jwks(self) -> dict:
         keys = []

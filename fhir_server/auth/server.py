@@ -581,7 +581,7 @@ class AuthServer:
                                             scope=grant["scope"], lifetime=lifetime, grant=grant["grant"],
                                             context=token_ctx)
         body: dict = {"access_token": token, "token_type": "Bearer", "expires_in": lifetime, "scope": grant["scope"]}
-        if context.get("patient") and any(s.startswith("patient/") or s.startswith("launch") for s in scopes):
+        if context.get("patient") and (emergency or any(s.startswith(("patient/", "launch")) for s in scopes)):
             body["patient"] = context["patient"]
         if context.get("encounter"):
             body["encounter"] = context["encounter"]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from fhir_server.access.compartment import ABOUT_PARAMS
 from fhir_server.access.filters import patient_compartment_filter, restrict
+from fhir_server.fhir.identifiers import INS_SYSTEMS
 from fhir_server.fhir.outcome import FhirError
 from fhir_server.search import mongo
 from fhir_server.search.parse import Clause, Include, ReferenceValue, SearchError, SearchQuery, TokenValue
@@ -36,6 +37,7 @@ class SearchPage:
     next_position: list | None
     total: int | None
     docs: dict = field(default_factory=dict)  # (type, id) -> stored document with index fields
+    notices: list[str] = field(default_factory=list)  # information for the caller (an OperationOutcome entry)
 
 
 async def _searchable(records: Records, rtype: str, what: str, within: AbstractSet[str] | None = None) -> dict:
@@ -111,7 +113,29 @@ async def run(records: Records, rtype: str, query: SearchQuery, *, compartment: 
     if want_total and total is None:
         total = await records.repo.count(rtype, flt, unit=records.unit_)
     await records._disclose(matches)
-    return SearchPage(matches, next_position, total, page_docs)
+    out = SearchPage(matches, next_position, total, page_docs)
+    if not matches and after is None and rtype == "Patient":
+        await _existence_notice(records, query, out)
+    return out
+
+
+async def _existence_notice(records: Records, query: SearchQuery, page: SearchPage) -> None:
+    """What the DMP tells a professional who holds a patient's INS but is not authorized: that a
+    record exists and needs the patient's authorization; never who, nor anything in it. Only for a
+    search by one exact INS, and only for callers the access decision allows to be told."""
+    if len(query.clauses) != 1 or not records.access.may_learn_existence():
+        return
+    clause = query.clauses[0]
+    if not (isinstance(clause, Clause) and clause.name == "identifier" and clause.modifier is None
+            and clause.chain is None and len(clause.values) == 1):
+        return
+    value = clause.values[0]
+    if not (isinstance(value, TokenValue) and value.system in INS_SYSTEMS and value.code):
+        return
+    found = await records.repo.find_values("Patient", mongo.compile(query), "_id", 1, unit=records.unit_)
+    if found:
+        page.notices.append("a shared record exists for this INS; reading it needs the patient's authorization "
+                            "(or, in an emergency, break-glass)")
 
 
 async def matching(records: Records, rtype: str, query: SearchQuery, limit: int) -> list[Version]:

@@ -72,6 +72,9 @@ async def search(ctx: RequestContext, ix: Interaction) -> Result:
     entries = [await _entry(ctx, v, "match", query) for v in page.matches]
     included, truncated = await ctx.data.includes(query, page)
     entries += [await _entry(ctx, v, "include", query) for v in included]
+    for notice in page.notices:
+        entries.append({"resource": operation_outcome([Issue("information", "informational", notice)]),
+                        "search": {"mode": "outcome"}})
     if truncated:
         entries.append({"resource": operation_outcome([Issue(
             "warning", "too-costly",
