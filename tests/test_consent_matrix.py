@@ -223,3 +223,52 @@ def test_paging_links_are_bound_to_the_caller(w):
     with w.client("none") as other:
         r = other.get(nxt.split("/fhir", 1)[1])
         assert r.status_code == 400 and w.a not in r.text.replace(f"patient={w.a}", "")
+
+
+# --- the patient asks why ------------------------------------------------------------------------
+
+def _explain(c, patient, actor, **params):
+    r = c.get(f"/Patient/{patient}/$explain-access", params={"actor": actor, **params})
+    if r.status_code != 200:
+        return r.status_code, None
+    out: dict = {}
+    for p in r.json()["parameter"]:
+        value = next(v for k, v in p.items() if k.startswith("value"))
+        out.setdefault(p["name"], []).append(value["reference"] if isinstance(value, dict) else value)
+    return 200, out
+
+
+def test_explain_access(w):
+    pr = w.pr
+    with w.client("alice") as c:
+        _, ans = _explain(c, w.a, pr("auth"))
+        assert ans["allowed"] == [True] and {"reference": f"Consent/{w.c_auth}"}["reference"] in ans["basis"]
+        _, ans = _explain(c, w.a, pr("blocked"))
+        assert ans["allowed"] == [False] and "blocked" in ans["reason"][0] and f"Consent/{w.c_block}" in ans["basis"]
+        _, ans = _explain(c, w.a, pr("none"))
+        assert ans["allowed"] == [False] and ans["basis"] == ["policy:deny-except-btg"]
+        _, ans = _explain(c, w.a, pr("expired"))
+        assert ans["allowed"] == [False]
+        _, ans = _explain(c, w.a, pr("auth"), resource=f"DocumentReference/{w.masked_a}")
+        assert ans["allowed"] == [False] and ans["basis"] == ["label:masked"]
+        _, ans = _explain(c, w.a, pr("gp"), resource=f"DocumentReference/{w.masked_a}")
+        assert ans["allowed"] == [True] and "general practitioner" in ans["reason"][0]
+        _, ans = _explain(c, w.a, pr("org"))  # through the organization their role belongs to
+        assert ans["allowed"] == [True] and f"Organization/{w.org_o}" in ans["actorIdentity"]
+        _, ans = _explain(c, w.a, f"Organization/{w.org_o}", action="add")
+        assert ans["allowed"] == [False]  # Organization O may read, not add
+        _, ans = _explain(c, w.a, pr("readonly"), action="add")
+        assert ans["allowed"] == [False]
+        assert _explain(c, w.b, pr("auth"))[0] == 404  # Bob's record is not hers to ask about
+        assert _explain(c, w.a, "Patient/x")[0] == 400
+    with w.client("auth") as c:
+        assert _explain(c, w.a, pr("auth"))[0] == 403  # professionals do not query the patient's rules
+    with w.client("admin") as c:
+        assert _explain(c, w.a, pr("auth"))[1]["allowed"] == [True]
+    # the explanation agrees with enforcement, for every professional of the world
+    for who in ("auth", "gp", "author", "readonly", "org", "none", "blocked", "expired", "revoked", "btg"):
+        with w.client("alice") as c:
+            _, ans = _explain(c, w.a, pr(who), resource=f"DocumentReference/{w.doc_a}")
+        with w.client(who) as c:
+            seen = c.get(f"/DocumentReference/{w.doc_a}").status_code == 200
+        assert ans["allowed"] == [seen], who

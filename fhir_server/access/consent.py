@@ -265,6 +265,47 @@ class ConsentPolicy(Policy):
                 return f"a Consent an administrator records is tagged {dmp.ORIGIN_SYSTEM}|administrator"
         return None
 
+    async def explain(self, principal: Principal, state: ConsentState | None, reader, patient: str, actor: str,
+                      resource: dict | None, rtype: str | None, action: str) -> dict | None:
+        """The patient's (or an administrator's) question: may `actor` do `action` on my record (or
+        see `resource` of it), and why? Answered with the same rules that enforce every request."""
+        if state is None:
+            if not (principal.unrestricted or principal.operator):
+                raise PermissionError("this caller may not ask")
+        elif not (state.kind == ADMIN or state.kind == PATIENT and (principal.user_patient or principal.patient)
+                  == patient):
+            raise PermissionError("only the patient (about their own record) or an administrator may ask")
+        kind = actor.split("/")[0]
+        if kind == "Practitioner" and actor.count("/") == 1:
+            who = Principal(kind="user", subject=actor, fhir_user=actor, role="practitioner")
+        elif kind == "Organization" and actor.count("/") == 1:
+            who = Principal(kind="client", subject=actor, organization=actor)
+        else:
+            raise ValueError("actor is a Practitioner/<id> or an Organization/<id>")
+        st = await self.prepare(who, None, reader)  # type: ignore[arg-type]
+        assert st is not None
+        await self._load_records(st, {patient})
+        if not st.roles_loaded:
+            await self._load_roles(st)
+        rec = st.records[patient]
+        verdict = self._verdict(who, st, patient, action)
+        out: dict[str, Any] = {"allowed": verdict.allowed, "reason": verdict.reason, "basis": list(verdict.basis),
+               "record": rec.state, "identities": sorted(st.ids)}
+        if resource is not None and rtype is not None:
+            if patient not in about_patients(rtype, resource):
+                raise ValueError("the resource is not of this patient's record")
+            if verdict.allowed and action == dmp.READ and dmp.MASKED in dmp.labels(resource):
+                await self._load_gp(st, {patient})
+                if _authors(resource) & st.ids:
+                    out["reason"] += "; the document is masked, but they wrote it"
+                elif self._masked_visible(st, {patient}):
+                    out["reason"] += "; the document is masked, but they are the patient's general practitioner"
+                else:
+                    out.update(allowed=False, basis=["label:masked"],
+                               reason="the patient masked this document: only its author and the patient's general "
+                                      "practitioner see it")
+        return out
+
     def may_learn_existence(self, principal: Principal, state: ConsentState) -> bool | None:
         return state.kind == PROFESSIONAL
 

@@ -114,6 +114,14 @@ class Policy:
         """Why this write is refused: a reason (403), or (status, reason); None to abstain."""
         return None
 
+    async def explain(self, principal: Principal, state, reader, patient: str, actor: str, resource: dict | None,
+                      rtype: str | None, action: str) -> dict | None:
+        """Why `actor` may or may not perform `action` on `patient`'s record (or on `resource` of
+        it): {"allowed": bool, "reason": str, "basis": [...], …}; None when this policy has no say.
+        `state` is the caller's (None when the policy abstains for the caller); the policy refuses
+        (raises PermissionError) a caller it does not let ask."""
+        return None
+
     def may_learn_existence(self, principal: Principal, state) -> bool | None:
         """Whether a caller this policy hides records from may be told that a record exists for an
         exact national identifier (the DMP's existence check); None to abstain."""
@@ -133,7 +141,7 @@ class AccessDecisionPoint:
                 state = await policy.prepare(principal, ix, reader)
                 if state is not None:
                     active.append((policy, state))
-        return Access(principal, tuple(active))
+        return Access(principal, tuple(active), self.policies, reader)
 
 
 def _by_scopes(principal: Principal, perm: str, rtype: str | None) -> Decision:
@@ -180,11 +188,13 @@ class Access:
     """The decisions of one interaction for one principal, cached. Pure but for the policies' `load`
     calls, which fetch (once) what a decision about some patients' data needs."""
 
-    __slots__ = ("principal", "_active", "_decisions", "_filters")
+    __slots__ = ("principal", "_active", "_decisions", "_filters", "_policies", "_reader")
 
-    def __init__(self, principal: Principal, active: tuple) -> None:
+    def __init__(self, principal: Principal, active: tuple, policies: tuple = (), reader=None) -> None:
         self.principal = principal
         self._active = active
+        self._policies = policies
+        self._reader = reader
         self._decisions: dict = {}
         self._filters: dict = {}
 
@@ -252,6 +262,19 @@ class Access:
             return True
         await self._load(rtype, about_patients(rtype, doc), doc)
         return all(policy.may_read(self.principal, state, rtype, doc) is not False for policy, state in self._active)
+
+    async def explain(self, patient: str, actor: str, resource: dict | None, rtype: str | None,
+                      action: str) -> list[dict]:
+        """Each policy's explanation of `actor`'s access to `patient`'s record (PermissionError when
+        the caller may not ask)."""
+        states = dict((id(p), s) for p, s in self._active)
+        out = []
+        for policy in self._policies:
+            answer = await policy.explain(self.principal, states.get(id(policy)), self._reader, patient, actor,
+                                          resource, rtype, action)
+            if answer is not None:
+                out.append(answer)
+        return out
 
     def may_learn_existence(self) -> bool:
         """Whether this caller may be told that a record exists for an exact INS it searched for."""

@@ -305,6 +305,26 @@ class Records:
             await self.hooks.written(self.event, before, v)
         return v
 
+    # --- explanations ----------------------------------------------------------------------------
+
+    async def explain_access(self, patient: str, actor: str, resource: str | None, action: str) -> list[dict]:
+        """Why `actor` may (not) do `action` on `patient`'s record or on `resource` (Type/id) of it.
+        The caller must see the Patient and the resource it asks about (404 otherwise)."""
+        await self.read("Patient", patient)
+        doc, rtype = None, None
+        if resource is not None:
+            rtype, _, rid = resource.partition("/")
+            if rtype not in self.repo.types or not rid:
+                raise FhirError(400, "value", "resource is a reference Type/id to a resource of the record",
+                                ["resource"])
+            doc = orjson.loads((await self.read(rtype, rid)).json or b"{}")
+        try:
+            return await self.access.explain(patient, actor, doc, rtype, action)
+        except PermissionError as exc:
+            raise forbidden(str(exc)) from None
+        except ValueError as exc:
+            raise FhirError(400, "value", str(exc)) from None
+
     # --- units of work ---------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager

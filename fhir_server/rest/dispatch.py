@@ -24,10 +24,10 @@ from fhir_server.fhir.outcome import FhirError
 from fhir_server.records.hooks import Event
 from fhir_server.records.records import Records
 from fhir_server.rest.context import RequestContext
-from fhir_server.rest.handlers import bundle, capabilities, history, patch, read, search, validate, write
+from fhir_server.rest.handlers import bundle, capabilities, explain, history, patch, read, search, validate, write
 from fhir_server.rest.result import Result, error_result
 
-OPERATIONS = {"validate": validate.validate}
+OPERATIONS = {"validate": validate.validate, "explain-access": explain.explain_access}
 
 HANDLERS = {
     k.CAPABILITIES: capabilities.capabilities,

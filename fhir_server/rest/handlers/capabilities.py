@@ -57,7 +57,13 @@ def security(base_url: str) -> dict:
                                  "code": "SMART-on-FHIR"}],
                      "text": "OAuth2 using SMART App Launch 2.2"}],
         "description": "Every request except this CapabilityStatement needs a SMART access token; discovery at "
-                       ".well-known/smart-configuration.",
+                       ".well-known/smart-configuration. Patient consent (IHE PCF) decides which professionals "
+                       "reach which records: a record is open under a Consent with policy "
+                       "urn:fhir-dmp:policy:record; authorizations and blocks are Consents (scope "
+                       "patient-privacy) with policy urn:fhir-dmp:policy:authorization; documents labelled "
+                       "urn:fhir-dmp:security|masked are hidden from professionals but their author and the "
+                       "patient's general practitioner. Emergency access: authorization request parameter "
+                       "purpose_of_use=BTG with btg_reason. Patient/{id}/$explain-access tells the patient why.",
         "extension": [{
             "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
             "extension": [{"url": "authorize", "valueUri": auth + "/authorize"},
@@ -85,7 +91,11 @@ def capability_statement(transactions: bool = True, base_url: str = PUBLISHED_BA
             "searchInclude": search_includes(rtype),
             "searchRevInclude": search_revincludes(rtype),
             "searchParam": search_params(rtype),
-            "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
+            "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}]
+            + ([{"name": "explain-access", "definition": "urn:fhir-dmp:OperationDefinition/explain-access",
+                 "documentation": "May this professional (actor) read or add to my record, or see this resource "
+                                  "of it, and why (the Consents, labels or site policy that decide)?"}]
+               if rtype == "Patient" else []),
         })
     system = [{"code": "batch"}, {"code": "history-system"}]
     if transactions:
