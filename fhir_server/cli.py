@@ -62,6 +62,14 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"{bar}\nWARNING: INSECURE DEV MODE (FHIR_INSECURE_DEV_MODE=true): requests WITHOUT an access token get\n"
               f"FULL ACCESS to every patient's record. Development only; never expose this server.\n{bar}",
               file=sys.stderr)
+    # The workers share the consent epoch in memory (access/epoch.py) when this server is the only one
+    # writing its database: the embedded engine, or FHIR_CONSENT_CACHE=host.
+    from fhir_server.access.epoch import ENV_FILE, create_host_file
+
+    epoch_file = None
+    if settings.consent_cache == "host" or (settings.consent_cache == "auto" and engine is not None):
+        epoch_file = create_host_file()
+        os.environ[ENV_FILE] = epoch_file
     # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; turn them into a normal exit
     # so the `finally` below stops the embedded engine.
     signal.signal(signal.SIGTERM, _exit_cleanly)
@@ -73,6 +81,8 @@ def _serve(args: argparse.Namespace) -> int:
         uvicorn.run("fhir_server.rest.app:create_app", factory=True, workers=workers, log_level="warning",
                     access_log=False, lifespan="on", **where)
     finally:
+        if epoch_file is not None:
+            Path(epoch_file).unlink(missing_ok=True)
         if engine is not None:
             engine.stop()
         if lock is not None:

@@ -10,6 +10,7 @@ break-glass are `Policy` objects handed to the `AccessDecisionPoint`; audit and 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from fhir_server.access.consent import ConsentPolicy
 from fhir_server.access.decision import AccessDecisionPoint, Policy
+from fhir_server.access.epoch import ENV_FILE, DatabaseEpoch, HostEpoch, NoEpoch
 from fhir_server.access.patients import PatientPicker
 from fhir_server.auth.server import AuthServer
 from fhir_server.config import Settings
@@ -25,6 +27,7 @@ from fhir_server.engine.capabilities import EngineCapabilities, detect
 from fhir_server.fhir.identifiers import unique_keys
 from fhir_server.fhir.types import SUPPORTED_TYPES
 from fhir_server.records.hooks import Hook, Hooks
+from fhir_server.records.invalidation import ConsentChanges
 from fhir_server.records.notices import BreakGlassLog
 from fhir_server.search.extract import index_fields, index_specs
 from fhir_server.storage.binaries import BinaryStore
@@ -64,6 +67,18 @@ def repository(client: AsyncMongoClient, db: AsyncDatabase, transactions: bool =
                       in_pushdown=engine is None or engine.in_pushdown, unique_keys=unique_keys)
 
 
+def consent_epoch(settings: Settings, db: AsyncDatabase):
+    """The consent epoch of access/epoch.py for this configuration."""
+    mode = settings.consent_cache
+    if mode == "auto":
+        mode = "host" if os.environ.get(ENV_FILE) else "database"
+    if mode == "host":
+        return HostEpoch(os.environ.get(ENV_FILE))
+    if mode == "database":
+        return DatabaseEpoch(db)
+    return NoEpoch()
+
+
 async def build(settings: Settings, client: AsyncMongoClient, *, policies: Sequence[Policy] = (),
                 hooks: Sequence[Hook] = ()) -> Services:
     db = client[settings.database]
@@ -71,7 +86,10 @@ async def build(settings: Settings, client: AsyncMongoClient, *, policies: Seque
     repo = repository(client, db, engine.transactions, settings.test_crash_after_step, engine)
     await repo.ensure_indexes()
     await repo.recover()  # what transactions interrupted by a crash left: finished or undone
-    consent = ConsentPolicy(settings.consent_default_policy)
+    epoch = consent_epoch(settings, db)
+    await epoch.bump()  # whatever a crashed predecessor changed without telling: start afresh everywhere
+    consent = ConsentPolicy(settings.consent_default_policy, epoch)
+    hooks = [ConsentChanges(epoch), *hooks]
     auth = AuthServer(settings, db, PatientPicker(repo, consent), on_break_glass=BreakGlassLog(repo).declared)
     await auth.start()
     return Services(settings, repo, engine, AccessDecisionPoint([consent, *policies]), Hooks(hooks),

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     consent_default_policy: Literal["deny-except-btg", "deny"] = Field(
         "deny-except-btg", description="What applies when no Consent of the patient speaks for a professional "
                                        "(IHE PCF implicit option): deny, except break-glass; or deny always")
+    consent_cache: Literal["auto", "host", "database", "off"] = Field(
+        "auto", description="How workers keep patients' consents in memory and learn of changes at once: host "
+                            "(shared memory; one server per database: the embedded engine), database (a counter "
+                            "read per request; several servers on one cluster), off (read per request). auto: "
+                            "host when `serve` started the embedded engine, else database")
     break_glass_seconds: int = Field(4 * 3600, ge=60, description="How long an emergency (break-glass) access "
                                                                   "declared for one patient lasts")
     login_throttle_window_seconds: int = Field(900, description="Throttling window for failed sign-ins")

@@ -234,3 +234,40 @@ def test_consents_must_follow_the_published_shape(w):
         r = _post(w, token, consent)
         assert r.status_code == 422, (consent, r.text)
         assert r.json()["issue"][0]["expression"]
+
+
+@pytest.mark.parametrize("mode", ["database", "off"])
+def test_revocation_is_seen_by_every_worker_in_the_other_cache_modes(ferretdb_uri, mode):
+    """The consent world runs with FHIR_CONSENT_CACHE=host (shared memory); several servers on one
+    cluster use `database` (a counter read per request), and `off` reads consents every time."""
+    from tests.auth_helpers import add_client, add_user, backend_token, fhir_client, public_jwks, rsa_key, user_token
+    from tests.conftest import start_server, stop_server
+    from tests.helpers import new_ins
+
+    s = start_server(ferretdb_uri, {"FHIR_INSECURE_DEV_MODE": "false", "FHIR_WORKERS": "2",
+                                    "FHIR_CONSENT_CACHE": mode})
+    try:
+        key = rsa_key()
+        add_client(s, "op", "confidential-asymmetric", "system/*.cruds", redirect_uris=(), jwks=public_jwks(key),
+                   operator=True)
+        add_client(s, "app", "public", "openid fhirUser user/*.cruds")
+        with fhir_client(s, backend_token(s, "op", key, "system/*.cruds")["access_token"]) as op:
+            pr = op.post("/Practitioner", json={"resourceType": "Practitioner"}, headers=FHIR).json()["id"]
+            pid = op.post("/Patient", json={"resourceType": "Patient", "identifier": [
+                {"system": "urn:oid:1.2.250.1.213.1.4.10", "value": new_ins()}]}, headers=FHIR).json()["id"]
+            assert op.post("/Consent", json=record_consent(pid), headers=FHIR).status_code == 201
+            permit = op.post("/Consent", json=authorization(pid, [f"Practitioner/{pr}"]), headers=FHIR).json()
+            doc = op.post("/DocumentReference", json=document(pid), headers=FHIR).json()["id"]
+            add_user(s, "dr", "practitioner", f"Practitioner/{pr}", rpps="10000000009")
+            token = user_token(s, "app", "dr", "openid fhirUser user/*.cruds")["access_token"]
+
+            def status() -> int:
+                return httpx.get(f"{s.fhir_base}/DocumentReference/{doc}", timeout=60,
+                                 headers={"Authorization": f"Bearer {token}"}).status_code
+
+            assert [status() for _ in range(6)] == [200] * 6
+            assert op.put(f"/Consent/{permit['id']}", json={**permit, "status": "inactive"},
+                          headers=FHIR).status_code == 200
+            assert [status() for _ in range(6)] == [404] * 6
+    finally:
+        stop_server(s)

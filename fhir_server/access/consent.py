@@ -19,13 +19,16 @@ Callers:
 * an operator service (a backend client registered as such) and the insecure development
   principal: not bound by consent (they are audited by the audit hooks).
 
-Everything is read fresh from the database for each interaction (one indexed query per patient
-touched, batched; a cross-patient search reads the Consents naming the professional), so a
-revocation or a block takes effect on the very next request, on every worker.
+What a decision needs is read from the database once (one indexed query per patient touched,
+batched; a cross-patient search reads the Consents naming the professional) and kept per worker in
+a `ConsentCache`, valid while the consent epoch (access/epoch.py) has not moved: every change to a
+Consent, a Patient or a PractitionerRole bumps it after the write is durable, and every interaction
+reads it first, so a revocation or a block takes effect on the very next request, on every worker.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -72,6 +75,30 @@ def _authors(doc: dict) -> set[str]:
     return {ref for a in doc.get("author") or () for ref in [dmp.ref_of(a)] if ref}
 
 
+class ConsentCache:
+    """What one worker learnt of patients' consents, valid for one value of the consent epoch
+    (and at most `max_age` seconds, a backstop for a bump lost in a crash)."""
+
+    def __init__(self, epoch: Any, max_age: float = 60.0, max_patients: int = 200_000) -> None:
+        self.source = epoch
+        self.max_age = max_age
+        self.max_patients = max_patients
+        self.epoch: int | None = None
+        self.since = 0.0
+        self.records: dict[str, Record] = {}
+        self.roles: dict[str, frozenset[str]] = {}  # Practitioner ref -> PractitionerRole and Organization refs
+        self.named: dict[frozenset[str], frozenset[str]] = {}  # identities -> patients whose Consents name them
+
+    async def sync(self) -> int:
+        """The epoch for this interaction; what was cached under another is dropped."""
+        epoch = await self.source.current()
+        now = time.monotonic()
+        if epoch != self.epoch or now - self.since > self.max_age or len(self.records) > self.max_patients:
+            self.records, self.roles, self.named = {}, {}, {}
+            self.epoch, self.since = epoch, now
+        return epoch
+
+
 @dataclass(slots=True)
 class ConsentState:
     kind: str
@@ -81,11 +108,18 @@ class ConsentState:
     records: dict[str, Record] = field(default_factory=dict)
     reach: dict[str, frozenset[str]] | None = None  # action -> patients reachable (cross-patient)
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    epoch: int | None = None  # the consent epoch read when the interaction began (None: nothing cached)
 
 
 class ConsentPolicy(Policy):
-    def __init__(self, default: str = "deny-except-btg") -> None:
+    def __init__(self, default: str = "deny-except-btg", epoch: Any = None) -> None:
+        from fhir_server.access.epoch import NoEpoch
+
         self.default = default
+        self.cache = ConsentCache(epoch if epoch is not None else NoEpoch())
+
+    def _cacheable(self, state: ConsentState) -> bool:
+        return state.epoch is not None and state.epoch == self.cache.epoch
 
     # --- who is asking ---------------------------------------------------------------------------
 
@@ -93,17 +127,18 @@ class ConsentPolicy(Policy):
         if principal.kind == "client":
             if principal.operator:
                 return None
-            return ConsentState(PROFESSIONAL, reader, {principal.organization} if principal.organization else set(),
-                                roles_loaded=True)
-        role = principal.role or ("patient" if principal.user_patient else "practitioner" if principal.fhir_user
-                                  else "admin")
-        if principal.kind != "user":
+            state = ConsentState(PROFESSIONAL, reader, {principal.organization} if principal.organization else set(),
+                                 roles_loaded=True)
+        elif principal.kind != "user":
             return None  # developer (unrestricted) never reaches here; anonymous is denied by scopes
-        if role == "patient":
-            return ConsentState(PATIENT, reader)
-        if role == "admin":
-            return ConsentState(ADMIN, reader)
-        return ConsentState(PROFESSIONAL, reader, {principal.fhir_user} if principal.fhir_user else set())
+        else:
+            role = principal.role or ("patient" if principal.user_patient else "practitioner" if principal.fhir_user
+                                      else "admin")
+            kind = {"patient": PATIENT, "admin": ADMIN}.get(role, PROFESSIONAL)
+            state = ConsentState(kind, reader, {principal.fhir_user} if kind == PROFESSIONAL and principal.fhir_user
+                                 else set())
+        state.epoch = await self.cache.sync()
+        return state
 
     # --- what the decisions need -----------------------------------------------------------------
 
@@ -129,6 +164,15 @@ class ConsentPolicy(Policy):
         missing = [p for p in patients if p not in state.records]
         if not missing:
             return
+        cacheable = self._cacheable(state)
+        if cacheable:
+            for p in missing:
+                hit = self.cache.records.get(p)
+                if hit is not None:
+                    state.records[p] = hit
+            missing = [p for p in missing if p not in state.records]
+            if not missing:
+                return
         by_patient: dict[str, list[dict]] = {p: [] for p in missing}
         rows = await state.reader.find_docs("Consent", _in(field_name(REFERENCE, "patient"), _refs(missing)),
                                             MAX_PATIENTS)
@@ -140,18 +184,28 @@ class ConsentPolicy(Policy):
                 by_patient[pid].append(consent)
         for pid, consents in by_patient.items():
             state.records[pid] = record_of(pid, consents)
+            if cacheable and self._cacheable(state):  # still the epoch the load began under
+                self.cache.records[pid] = state.records[pid]
 
     async def _load_roles(self, state: ConsentState) -> None:
         state.roles_loaded = True
-        practitioners = [i for i in state.ids if i.startswith("Practitioner/")]
+        practitioners = sorted(i for i in state.ids if i.startswith("Practitioner/"))
         if not practitioners:
             return
+        key = practitioners[0] if len(practitioners) == 1 else None
+        if key is not None and self._cacheable(state) and key in self.cache.roles:
+            state.ids.update(self.cache.roles[key])
+            return
+        found: set[str] = set()
         rows = await state.reader.find_docs("PractitionerRole", _in(field_name(REFERENCE, "practitioner"),
                                                                     practitioners), 1000)
         for v, doc in rows:
-            state.ids.add(f"PractitionerRole/{v.id}")
+            found.add(f"PractitionerRole/{v.id}")
             orgs = doc.get(field_name(REFERENCE, "organization")) or []
-            state.ids.update(o for o in ([orgs] if isinstance(orgs, str) else orgs) if o.startswith("Organization/"))
+            found.update(o for o in ([orgs] if isinstance(orgs, str) else orgs) if o.startswith("Organization/"))
+        state.ids.update(found)
+        if key is not None and self._cacheable(state):
+            self.cache.roles[key] = frozenset(found)
 
     async def _load_gp(self, state: ConsentState, patients: AbstractSet[str]) -> None:
         missing = [p for p in patients if p in state.records and state.records[p].gp is None]
@@ -170,13 +224,18 @@ class ConsentPolicy(Policy):
             if not state.roles_loaded:
                 await self._load_roles(state)
             ids = sorted(state.ids)
+            key = frozenset(ids)
             candidates: set[str] = set()
-            if ids:
+            if ids and self._cacheable(state) and key in self.cache.named:
+                candidates = set(self.cache.named[key])
+            elif ids:
                 flt = {"$or": [_in(field_name(REFERENCE, "actor"), ids), _in(field_name(REFERENCE, "consentor"), ids)]}
                 for _, doc in await state.reader.find_docs("Consent", flt, MAX_PATIENTS):
                     ref = doc.get(field_name(REFERENCE, "patient"))
                     if isinstance(ref, str) and ref.startswith("Patient/"):
                         candidates.add(ref[len("Patient/"):])
+                if self._cacheable(state):
+                    self.cache.named[key] = frozenset(candidates)
             if principal.break_glass:
                 candidates.add(principal.patient)  # type: ignore[arg-type]
             await self._load_records(state, candidates)
