@@ -392,11 +392,13 @@ def index_fields(resource: dict) -> dict:
 # --- indexes -------------------------------------------------------------------------------------
 
 # The frequent queries per type, as lists of (parameter code, index field kind[, sub-key]). A compound
-# index only ever holds one parameter that may be an array (checked in index_specs).
+# index only ever holds one parameter that may be an array (checked in index_specs). Every reference
+# through which a resource is in a patient's compartment (access/compartment.py) has an index of its
+# own, so that a patient token's `$or` over them is served branch by branch.
 _INDEXES: dict[str, list[list[tuple[str, str]]]] = {
     "Patient": [
         [("identifier", TOKEN)], [("name", STRING)], [("family", STRING)], [("given", STRING)],
-        [("birthdate", DATE + ".lo")], [("telecom", TOKEN)],
+        [("birthdate", DATE + ".lo")], [("telecom", TOKEN)], [("link", REFERENCE)],
     ],
     "Practitioner": [[("identifier", TOKEN)], [("name", STRING)], [("family", STRING)], [("given", STRING)]],
     "PractitionerRole": [[("identifier", TOKEN)], [("practitioner", REFERENCE)], [("organization", REFERENCE)]],
@@ -407,6 +409,7 @@ _INDEXES: dict[str, list[list[tuple[str, str]]]] = {
         [("subject", REFERENCE), ("type", TOKEN), ("date", DATE + ".lo")],
         [("patient", REFERENCE), ("type", TOKEN), ("date", DATE + ".lo")],
         [("patient", REFERENCE), ("date", DATE + ".lo")],
+        [("author", REFERENCE)],
         [("relatesto", REFERENCE)],
     ],
     "AuditEvent": [
@@ -416,7 +419,10 @@ _INDEXES: dict[str, list[list[tuple[str, str]]]] = {
         [("date", DATE + ".lo")],
     ],
     "Provenance": [[("target", REFERENCE)], [("patient", REFERENCE), ("recorded", DATE + ".lo")]],
-    "List": [[("identifier", TOKEN)], [("patient", REFERENCE)], [("subject", REFERENCE)], [("item", REFERENCE)]],
+    "List": [
+        [("identifier", TOKEN)], [("patient", REFERENCE)], [("subject", REFERENCE)], [("source", REFERENCE)],
+        [("item", REFERENCE)],
+    ],
     "Binary": [[("securitycontext", REFERENCE)]],
 }
 

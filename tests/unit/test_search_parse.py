@@ -203,6 +203,17 @@ def test_compound_indexes_hold_at_most_one_array():
             assert len(arrays) <= 1, (res["resourceType"], keys)
 
 
+def test_every_compartment_reference_leads_an_index():
+    """A patient token's search is an `$or` over the compartment's references, which an engine serves
+    from indexes only when each branch has one (docs/mongodb-compat.md)."""
+    from fhir_server.access.compartment import membership_params
+
+    for rtype in TYPES:
+        leading = {keys[0][0] for keys in index_keys(rtype)}
+        wanted = {f"r_{code}" for code in membership_params(rtype)}
+        assert wanted <= leading, (rtype, wanted - leading)
+
+
 def test_fhirpath_fallback_for_expressions_outside_the_fast_subset():
     param = SearchParam(code="x", type="token", base="Patient", expression="Patient.telecom.where(use='home').value")
     assert [v for v, _ in values_of({"resourceType": "Patient", "telecom": [
