@@ -5,6 +5,7 @@ token would add one, through the repository's own shaping (`flatten`)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -26,6 +27,12 @@ N = 400
 LOINC = "http://loinc.org"
 
 
+def _name(i: int, length: int) -> str:
+    """A deterministic, well spread made-up name (so prefixes are selective, as real names are)."""
+    letters = "".join(chr(97 + (h % 26)) for h in hashlib.sha256(str(i).encode()).digest()[:length])
+    return letters.capitalize()
+
+
 @pytest.fixture(scope="module")
 def loaded(ferretdb_uri):
     server = start_server(ferretdb_uri, {"FHIR_MAX_BODY_BYTES": str(64 << 20)})
@@ -40,7 +47,8 @@ def loaded(ferretdb_uri):
             pids = []
             for start in range(0, N, 100):
                 pids += batch([{"request": {"method": "POST", "url": "Patient"}, "resource": {
-                    "resourceType": "Patient", "identifier": [{"system": system, "value": str(i)}]}}
+                    "resourceType": "Patient", "identifier": [{"system": system, "value": str(i)}],
+                    "name": [{"family": _name(i, 12 if i % 2 else 6), "given": [_name(-i, 7)]}]}}
                     for i in range(start, start + 100)])
             for start in range(0, N, 100):
                 batch([{"request": {"method": "POST", "url": "DocumentReference"}, "resource": {
@@ -115,6 +123,13 @@ def test_hot_query_shapes_are_index_served(loaded):
             "DocumentReference", _search("DocumentReference", [("patient", f"Patient/{p}"),
                                                                ("type", f"{LOINC}|11488-4"),
                                                                ("date", "ge2026-01-01"), ("date", "lt2027")])),
+        # string search is starts-with: prefix tokens make it an equality (search/prefix.py)
+        "family, short prefix": ("Patient", _search("Patient", [("family", _name(7, 6)[:3])])),
+        "family, whole name longer than the prefix tokens": ("Patient", _search("Patient", [("family", _name(9, 12))])),
+        "family or another family": ("Patient", _search("Patient", [("family", f"{_name(7, 6)},{_name(9, 12)}")])),
+        "family and given, accents and case ignored": (
+            "Patient", _search("Patient", [("family", _name(7, 6).upper()), ("given", _name(-7, 7)[:4] + "́")])),
+        "name": ("Patient", _search("Patient", [("name", _name(-7, 7)[:5])])),
     }
     not_served = {name: _plan(db, rtype, flt)[:400] for name, (rtype, flt) in shapes.items()
                   if not _uses_index(_plan(db, rtype, flt))}
@@ -125,6 +140,8 @@ def test_a_scan_is_reported_as_such(loaded):
     """The check above can fail: a filter on an unindexed field plans a sequential scan."""
     db, _, _ = loaded
     assert not _uses_index(_plan(db, "DocumentReference", {"s_description": "nothing"}))
+    # :contains is a substring search: an unanchored regex, which stays a scan on every engine
+    assert not _uses_index(_plan(db, "Patient", flatten(_search("Patient", [("family:contains", "abc")]))))
     # an `$or` with one unindexed branch cannot be served by indexes either
     assert not _uses_index(_plan(db, "DocumentReference", {"$or": [{"r_subject": "Patient/x"},
                                                                    {"s_description": "nothing"}]}))
