@@ -33,6 +33,12 @@ def _name(i: int, length: int) -> str:
     return letters.capitalize()
 
 
+def _bulk(i: int) -> str:
+    """~4 kB that do not compress much: the stored document is TOASTed, as most real resources are,
+    which makes a sequential scan look cheaper to PostgreSQL than it is (engine/postgres.py)."""
+    return "".join(hashlib.sha256(f"{i}/{k}".encode()).hexdigest() for k in range(64))
+
+
 @pytest.fixture(scope="module")
 def loaded(ferretdb_uri):
     server = start_server(ferretdb_uri, {"FHIR_MAX_BODY_BYTES": str(64 << 20)})
@@ -48,7 +54,8 @@ def loaded(ferretdb_uri):
             for start in range(0, N, 100):
                 pids += batch([{"request": {"method": "POST", "url": "Patient"}, "resource": {
                     "resourceType": "Patient", "identifier": [{"system": system, "value": str(i)}],
-                    "name": [{"family": _name(i, 12 if i % 2 else 6), "given": [_name(-i, 7)]}]}}
+                    "name": [{"family": _name(i, 12 if i % 2 else 6), "given": [_name(-i, 7)]}],
+                    "address": [{"text": _bulk(i)}]}}
                     for i in range(start, start + 100)])
             for start in range(0, N, 100):
                 batch([{"request": {"method": "POST", "url": "DocumentReference"}, "resource": {
