@@ -49,6 +49,7 @@ from fhir_server.storage.documents import (  # noqa: E402
 )
 
 RTYPE = "Patient"
+PAGE = 50  # the server's default page size: it asks for one more to know whether there is a next page
 ID_MARK = "00000000-0000-4000-8000-00000000ffff"  # same length as a uuid4
 V_MARK = "zzVERSIONzz"  # cannot occur in the generated resources
 
@@ -96,6 +97,9 @@ class Baseline:
                 rid, body = line.split(b" ", 1)
                 self.updates.append((rid.decode(), orjson.loads(body)))
         self.ids = ids
+        search_file = work / "search.jsonl"
+        self.queries = [orjson.loads(line) for line in search_file.read_bytes().splitlines() if line] \
+            if search_file.exists() else []
         self.client = AsyncMongoClient(args.uri, tz_aware=True, uuidRepresentation="standard")
         self.db = self.client[args.db]
         self.cur = self.db[RTYPE]
@@ -141,6 +145,25 @@ class Baseline:
                                     H_OP: OP_UPDATE, F_JSON: js})
         await self.cur.replace_one({F_ID: rid}, {F_ID: rid, F_VERSION: v, F_UPDATED: now, F_JSON: js, **tpl.index})
 
+    async def raw_search(self, items, ci: int, n: int) -> None:
+        mine = items[ci]
+        flt, sort = mine[n % len(mine)]
+        if not await self.cur.find(flt, sort=sort, limit=PAGE + 1).to_list():
+            raise LookupError("no match")
+
+    raw_prefix = raw_search
+
+    def compiled(self, kind: str) -> list:
+        """(filter, sort) per query, as the server compiles and shapes them (search/, flatten)."""
+        from fhir_server.search import compile, parse, sort_spec
+        from fhir_server.storage.repository import flatten
+
+        out = []
+        for q in self.queries:
+            query = parse(RTYPE, [tuple(p) for p in q[kind]])
+            out.append((flatten(compile(query)), sort_spec(query)))
+        return out
+
     # ---- the server's repository, in-process -------------------------------------------------
     async def repo_read(self, items, ci: int, n: int) -> None:
         mine = items[ci]
@@ -157,11 +180,21 @@ class Baseline:
         rid, body = mine[n % len(mine)]
         await self.repo.update(RTYPE, rid, dict(body))
 
+    async def repo_search(self, items, ci: int, n: int) -> None:
+        mine = items[ci]
+        flt, sort = mine[n % len(mine)]
+        if not await self.repo.find_page(RTYPE, flt, sort, PAGE + 1):
+            raise LookupError("no match")
+
+    repo_prefix = repo_search
+
     # ---- cells -------------------------------------------------------------------------------
     def partition(self, op: str, clients: int, offset: int) -> list[list]:
         """Each client gets its own slice, so no two clients update one resource at the same time."""
         if op == "read":
             pool = self.ids
+        elif op in ("search", "prefix"):
+            pool = self.compiled(op)
         elif op == "create":
             pool = self.create_tpl if self.args.mode == "raw" else self.creates
         else:

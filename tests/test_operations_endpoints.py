@@ -66,15 +66,17 @@ def test_reindex_restores_search_fields(server, fhir):
     """Index fields wiped behind the server's back are rebuilt by `fhir-server reindex`."""
     from pymongo import MongoClient
 
-    created = fhir.post("/Organization", json={"resourceType": "Organization", "name": "Clinique Reindex Œ"},
+    created = fhir.post("/Organization", json={"resourceType": "Organization", "name": "Qzréindex Clinique Œ"},
                         headers={"Content-Type": "application/fhir+json"}).json()
     with MongoClient(server.mongodb_uri) as mc:
-        mc[server.database]["Organization"].update_one({"_id": created["id"]}, {"$unset": {"s_name": ""}})
-    assert fhir.get("/Organization", params={"name": "clinique reindex"}).json()["total"] == 0
+        mc[server.database]["Organization"].update_one({"_id": created["id"]}, {"$unset": {"s_name": "", "p_name": ""}})
+    for name in ("qzreindex clinique", "QZRÉIN"):  # longer and shorter than the prefix tokens
+        assert fhir.get("/Organization", params={"name": name}).json()["total"] == 0
     env = {**os.environ, "FHIR_MONGODB_URI": server.mongodb_uri, "FHIR_DATABASE": server.database}
     out = subprocess.run([sys.executable, "-m", "fhir_server.cli", "reindex", "--type", "Organization"], env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "Organization:" in out.stdout
-    found = fhir.get("/Organization", params={"name": "clinique reindex"}).json()
-    assert [e["resource"]["id"] for e in found.get("entry", [])] == [created["id"]]
+    for name in ("qzreindex clinique", "QZRÉIN"):
+        found = fhir.get("/Organization", params={"name": name}).json()
+        assert [e["resource"]["id"] for e in found.get("entry", [])] == [created["id"]]

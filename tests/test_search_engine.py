@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import search_oracle as oracle  # noqa: E402
 
 from fhir_server.search import SearchError, compile, index_fields, index_specs, parse, resolve, sort_spec  # noqa: E402
+from fhir_server.search.prefix import MAX_PREFIX  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
@@ -155,9 +156,10 @@ def check(db, resources, rtype, pairs):
 # --- generators ----------------------------------------------------------------------------------
 
 GIVEN = ["Hélène", "Héloïse", "Zoé", "Chloé", "François", "Jérôme", "Anaïs", "Noël", "Gaëlle", "Ève", "Élodie",
-         "Jean-Pierre", "Marie", "Loïc", "Cécile", "Ærwen"]
+         "Jean-Pierre", "Marie", "Loïc", "Cécile", "Ærwen", "Marie-Édith", "Jean-Baptiste"]
+# longer than MAX_PREFIX, sharing their first MAX_PREFIX folded characters or nearly (prefix tokens + regex)
 FAMILY = ["Dupont", "Dupond", "Lefèvre", "Lefebvre", "Müller", "Özdemir", "Garçon", "De La Tour", "Ngô", "Durand",
-          "Da Silva", "N'Diaye", "Straße"]
+          "Da Silva", "N'Diaye", "Straße", "Dupond-Martin", "Dupond-Martinez", "Saint-Exupéry", "De La Tour du Pin"]
 SYSTEMS = ["urn:oid:1.2.250.1.213.1.4.8", "https://rpps.esante.gouv.fr", None]
 ID_VALUES = ["123", "456", "1850375", "A,B", "x|y", "a$b", "007"]
 LOINC = ["11488-4", "34133-9", "18842-5"]
@@ -168,7 +170,8 @@ def variants(text: str) -> st.SearchStrategy[str]:
     """Ways a user may type `text`: prefixes, other case, without accents."""
     stripped = oracle.insensitive(text)
     return st.sampled_from([text, text.upper(), text.lower(), stripped, stripped.upper(), text[:3], stripped[:2],
-                            text[1:4], "zz" + stripped])
+                            text[1:4], "zz" + stripped, text[:MAX_PREFIX - 1], stripped[:MAX_PREFIX],
+                            text[:MAX_PREFIX + 1].upper(), stripped[:MAX_PREFIX + 3], stripped + "x"])
 
 
 dates = st.one_of(
@@ -407,6 +410,34 @@ def test_date_prefixes_match_oracle(db, data):
         value = data.draw(st.one_of(near, date_times)).rstrip("T")
         name = data.draw(st.sampled_from(["date", "period", "_lastUpdated"]))
         check(db, corpus, "DocumentReference", [(name, prefix + value)])
+
+
+# Names from a wide alphabet (accents, ligatures, combining marks, blanks, hyphens), and queries
+# that are prefixes of them of every length around MAX_PREFIX, typed in another case or without marks.
+NAME_CHARS = st.sampled_from(list("abdeilnortuzABDELMNZ -'") + list("éÉèêëàçôöüßœŒæÅñ") + ["\u0301", "ﬁ"])
+name_texts = st.text(NAME_CHARS, min_size=1, max_size=2 * MAX_PREFIX + 4).filter(lambda t: t.strip())
+
+
+@st.composite
+def prefix_query(draw, stored: list[str]):
+    base = draw(st.sampled_from(stored)) if stored and draw(st.integers(0, 4)) else draw(name_texts)
+    form = draw(st.sampled_from([base, base.upper(), base.lower(), oracle.insensitive(base)]))
+    cut = draw(st.integers(1, len(form) + 1))
+    return form[:cut] if form[:cut].strip() else form
+
+
+@HYPOTHESIS
+@given(data=st.data())
+def test_string_prefix_search_matches_oracle(db, data):
+    names = data.draw(st.lists(st.lists(name_texts, min_size=1, max_size=3), min_size=1, max_size=6))
+    corpus = [{"resourceType": "Patient", "id": f"p{i}",
+               "name": [{"family": n[0], **({"given": n[1:]} if n[1:] else {})}]} for i, n in enumerate(names)]
+    load(db, corpus)
+    stored = [s for n in names for s in n]
+    for _ in range(4):
+        code = data.draw(st.sampled_from(["family", "given", "name"]))
+        alts = data.draw(st.lists(prefix_query(stored), min_size=1, max_size=2))
+        check(db, corpus, "Patient", [(code, ",".join(a.replace("\\", "\\\\").replace(",", "\\,") for a in alts))])
 
 
 # --- explicit cases ------------------------------------------------------------------------------

@@ -26,10 +26,12 @@ from functools import lru_cache
 from typing import Any
 
 from . import normalize as nz
+from . import prefix
 from .registry import (
     COMPOSITE,
     DATE,
     NUMBER,
+    PREFIX,
     QUANTITY,
     REFERENCE,
     REFERENCE_IDENTIFIER,
@@ -342,7 +344,12 @@ def param_fields(resource: dict, param: SearchParam) -> dict:
             return {}
         folded = _dedupe([nz.fold(s) for s in raw])
         exact = _dedupe([nz.exact(s) for s in raw])
-        return {param.f(STRING): _shape(param, folded), param.f(STRING_EXACT): _shape(param, exact)}
+        out = {param.f(STRING): _shape(param, folded), param.f(STRING_EXACT): _shape(param, exact)}
+        if prefix.prefixed(param):
+            tokens = prefix.tokens(folded)
+            if tokens:
+                out[param.f(PREFIX)] = tokens
+        return out
     if ptype == "token":
         if param.bare_tokens or not param.paths or not any(s.code_system for s in param.paths):
             found = _token(values, param)
@@ -392,15 +399,17 @@ def index_fields(resource: dict) -> dict:
 # --- indexes -------------------------------------------------------------------------------------
 
 # The frequent queries per type, as lists of (parameter code, index field kind[, sub-key]). A compound
-# index only ever holds one parameter that may be an array (checked in index_specs).
+# index only ever holds one parameter that may be an array (checked in index_specs). Every reference
+# through which a resource is in a patient's compartment (access/compartment.py) has an index of its
+# own, so that a patient token's `$or` over them is served branch by branch; every parameter of
+# prefix.PREFIXED gets a single-field index on its prefix tokens (added by index_keys).
 _INDEXES: dict[str, list[list[tuple[str, str]]]] = {
     "Patient": [
-        [("identifier", TOKEN)], [("name", STRING)], [("family", STRING)], [("given", STRING)],
-        [("birthdate", DATE + ".lo")], [("telecom", TOKEN)],
+        [("identifier", TOKEN)], [("birthdate", DATE + ".lo")], [("telecom", TOKEN)], [("link", REFERENCE)],
     ],
-    "Practitioner": [[("identifier", TOKEN)], [("name", STRING)], [("family", STRING)], [("given", STRING)]],
+    "Practitioner": [[("identifier", TOKEN)]],
     "PractitionerRole": [[("identifier", TOKEN)], [("practitioner", REFERENCE)], [("organization", REFERENCE)]],
-    "Organization": [[("identifier", TOKEN)], [("name", STRING)]],
+    "Organization": [[("identifier", TOKEN)]],
     "Consent": [[("patient", REFERENCE), ("date", DATE + ".lo")], [("identifier", TOKEN)], [("actor", REFERENCE)],
                 [("consentor", REFERENCE)]],
     "DocumentReference": [
@@ -408,6 +417,7 @@ _INDEXES: dict[str, list[list[tuple[str, str]]]] = {
         [("subject", REFERENCE), ("type", TOKEN), ("date", DATE + ".lo")],
         [("patient", REFERENCE), ("type", TOKEN), ("date", DATE + ".lo")],
         [("patient", REFERENCE), ("date", DATE + ".lo")],
+        [("author", REFERENCE)],
         [("relatesto", REFERENCE)],
     ],
     "AuditEvent": [
@@ -417,7 +427,10 @@ _INDEXES: dict[str, list[list[tuple[str, str]]]] = {
         [("date", DATE + ".lo")],
     ],
     "Provenance": [[("target", REFERENCE)], [("patient", REFERENCE), ("recorded", DATE + ".lo")]],
-    "List": [[("identifier", TOKEN)], [("patient", REFERENCE)], [("subject", REFERENCE)], [("item", REFERENCE)]],
+    "List": [
+        [("identifier", TOKEN)], [("patient", REFERENCE)], [("subject", REFERENCE)], [("source", REFERENCE)],
+        [("item", REFERENCE)],
+    ],
     "Binary": [[("securitycontext", REFERENCE)]],
 }
 
@@ -426,14 +439,15 @@ def index_keys(rtype: str) -> list[list[tuple[str, int]]]:
     """Key lists of the indexes for `rtype` (pymongo-free so it can be checked without a driver)."""
     params = params_for(rtype)
     out: list[list[tuple[str, int]]] = [[("_lu", 1)]]
-    for spec in _INDEXES.get(rtype, []):
+    prefixed = [[(code, PREFIX)] for code in sorted(prefix.PREFIXED.get(rtype, ()))]
+    for spec in _INDEXES.get(rtype, []) + prefixed:
         keys = []
         arrays = 0
         for code, kind in spec:
             param = params[code]
             base_kind, _, sub = kind.partition(".")
             keys.append((param.f(base_kind) + (f".{sub}" if sub else ""), 1))
-            if param.multiple or param.type in ("token", "string", "composite"):
+            if param.multiple or param.type in ("token", "string", "composite") or base_kind == PREFIX:
                 # tokens and strings can yield several entries even for a single-valued element
                 arrays += 1
         if arrays > 1:  # pragma: no cover - guarded by a unit test over every type

@@ -4,11 +4,12 @@ Chains and `_has` need other collections, so they are resolved first (`resolve`,
 runs a find) into lists of "Type/id" references; `compile(query, resolved_chains)` is then a pure
 function, which is what lets tests compare it against a plain-Python oracle.
 
-Filter shape matters for FerretDB v1 (our development engine): its PostgreSQL backend pushes down only
-top-level `{field: scalar}` / `{field: {"$eq"|"$ne": scalar}}` conditions (ANDed), never `$or`,
-`$in`, ranges or dotted paths (unless an experimental flag is set), and the SQLite backend only a lone
-`{_id: value}`. So equality clauses are emitted as top-level keys whenever possible and everything
-else goes to `$and`; MongoDB treats both forms the same.
+Filter shape matters for FerretDB v1 (our embedded engine): its PostgreSQL backend pushes down only
+top-level `{field: scalar}` / `{field: {"$eq"|"$ne": scalar}}` conditions (ANDed), plus `$in`, `$or`
+and `$and` with our build patch (scripts/build-ferretdb.sh), never ranges, dotted paths or `$regex`;
+the SQLite backend only `{_id: value}`. So equality clauses are emitted as top-level keys whenever
+possible and everything else goes to `$and`, and string prefix search is an equality on stored
+prefix tokens (search/prefix.py) rather than an anchored regex; MongoDB treats both forms the same.
 
 Date semantics follow the prefix table of https://hl7.org/fhir/R4/search.html#prefix, with the search
 value's range [sl, sh) and each target value's range [lo, hi):
@@ -31,6 +32,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Union
 
 from . import normalize as nz
+from . import prefix
 from .parse import (
     Clause,
     CompositeValue,
@@ -134,8 +136,11 @@ def _string(param: SearchParam, clause: Clause) -> dict:
     mod = clause.modifier
     if mod == "exact":
         return _eq_or_in(param.f(STRING_EXACT), [nz.exact(v.text) for v in clause.values])
+    if mod != "contains" and prefix.prefixed(param):  # an indexed equality (search/prefix.py)
+        return prefix.condition(param, [v.text for v in clause.values])
     field = param.f(STRING)
     anchor = "" if mod == "contains" else "^"
+    # :contains, and parameters without prefix tokens: a regex, which FerretDB applies in a scan
     return _or([{field: {"$regex": anchor + re.escape(nz.fold(v.text))}} for v in clause.values])
 
 

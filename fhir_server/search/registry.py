@@ -24,6 +24,7 @@ from fhir_server.fhir.types import ALL_R4_TYPES
 # Kinds of index field. One parameter may use several (a string parameter keeps a folded and an exact copy).
 STRING = "s"  # case/accent-folded strings: default and :contains string search
 STRING_EXACT = "sx"  # strings as written (NFC): :exact
+PREFIX = "p"  # prefixes of the folded strings, 1..prefix.MAX_PREFIX chars: default string search
 TOKEN = "t"  # "system|code", "code", "system|" entries
 TOKEN_TEXT = "tt"  # folded display/text: token :text
 TOKEN_OF_TYPE = "ti"  # "typeSystem|typeCode|value": identifier :of-type

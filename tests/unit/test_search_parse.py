@@ -154,6 +154,10 @@ def test_patient_index_fields():
     f = index_fields(PATIENT)
     assert f["s_family"] == ["dupont"] and f["sx_family"] == ["Dupont"]
     assert f["s_name"] == ["dupont", "helene", "marie"]
+    # starts-with search: every prefix up to MAX_PREFIX characters of each folded value (search/prefix.py)
+    assert f["p_family"] == ["d", "du", "dup", "dupo", "dupon", "dupont"]
+    assert f["p_given"] == ["h", "he", "hel", "hele", "helen", "helene", "m", "ma", "mar", "mari", "marie"]
+    assert "p_address" not in f and "p_phonetic" not in f  # only the parameters of prefix.PREFIXED
     assert f["t_identifier"] == ["285037511100564", "urn:oid:1.2.250.1.213.1.4.8|285037511100564",
                                  "urn:oid:1.2.250.1.213.1.4.8|", "a\\|b", "|a\\|b"]
     assert f["ti_identifier"] == ["http://terminology.hl7.org/CodeSystem/v2-0203|NI|285037511100564"]
@@ -201,6 +205,31 @@ def test_compound_indexes_hold_at_most_one_array():
         for keys in index_keys(res["resourceType"]):
             arrays = [k for k, _ in keys if isinstance(fields.get(k.split(".")[0]), list)]
             assert len(arrays) <= 1, (res["resourceType"], keys)
+
+
+def test_every_compartment_reference_and_prefixed_string_leads_an_index():
+    """A patient token's search is an `$or` over the compartment's references, which an engine serves
+    from indexes only when each branch has one (docs/mongodb-compat.md); prefix search needs its own."""
+    from fhir_server.access.compartment import membership_params
+    from fhir_server.search.prefix import PREFIXED
+
+    for rtype in TYPES:
+        leading = {keys[0][0] for keys in index_keys(rtype)}
+        wanted = {f"r_{code}" for code in membership_params(rtype)} | {f"p_{c}" for c in PREFIXED.get(rtype, ())}
+        assert wanted <= leading, (rtype, wanted - leading)
+
+
+def test_string_search_compiles_to_prefix_token_equality():
+    from fhir_server.search.prefix import MAX_PREFIX
+
+    assert compile(parse("Patient", [("family", "DUPé")])) == {"p_family": "dupe"}
+    assert compile(parse("Patient", [("given", "Hélène,Marie")])) == {"p_given": {"$in": ["helene", "marie"]}}
+    long = "Dupond-Martinez"
+    assert compile(parse("Patient", [("family", long)])) == {"$and": [
+        {"p_family": "dupond-martinez"[:MAX_PREFIX], "s_family": {"$regex": "^dupond\\-martinez"}}]}
+    assert compile(parse("Patient", [("family", "\u0301")])) == {"s_family": {"$exists": True}}
+    assert compile(parse("Patient", [("family:contains", "pon")])) == {"s_family": {"$regex": "pon"}}
+    assert compile(parse("Patient", [("address-city", "Par")])) == {"s_address-city": {"$regex": "^par"}}
 
 
 def test_fhirpath_fallback_for_expressions_outside_the_fast_subset():
