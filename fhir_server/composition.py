@@ -64,7 +64,8 @@ def repository(client: AsyncMongoClient, db: AsyncDatabase, transactions: bool =
     """The resource repository with the search index extraction of fhir_server/search."""
     return Repository(client, db, SUPPORTED_TYPES, BinaryStore(db), index_fields=index_fields,
                       index_specs=index_specs, transactions=transactions, crash_after=crash_after,
-                      in_pushdown=engine is None or engine.in_pushdown, unique_keys=unique_keys)
+                      in_pushdown=engine is None or engine.in_pushdown, unique_keys=unique_keys,
+                      atomic_updates=engine is None or engine.atomic_updates)
 
 
 def consent_epoch(settings: Settings, db: AsyncDatabase):

@@ -79,7 +79,8 @@ def test_read_vread_history(w, actor):
         for attr, (rtype, kind) in RESOURCES.items():
             rid = getattr(w, attr)
             want = read_status(actor, rtype, kind)
-            for path in (f"/{rtype}/{rid}", f"/{rtype}/{rid}/_history/1", f"/{rtype}/{rid}/_history"):
+            for path in (f"/{rtype}/{rid}", f"/{rtype}/{rid}/_history/1", f"/{rtype}/{rid}/_history",
+                         f"/{rtype}/{rid}/$validate"):
                 r = c.get(path)
                 assert r.status_code == want, (actor, attr, path, r.text)
                 if want != 200:

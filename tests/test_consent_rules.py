@@ -271,3 +271,31 @@ def test_revocation_is_seen_by_every_worker_in_the_other_cache_modes(ferretdb_ur
             assert [status() for _ in range(6)] == [404] * 6
     finally:
         stop_server(s)
+
+
+def test_professional_accounts_are_linked_by_rpps(w):
+    """A practitioner account acts as the directory's Practitioner carrying its RPPS number; an
+    account naming another Practitioner than its RPPS's is refused at sign-in."""
+    from tests.auth_helpers import PASSWORD, add_user, authorize_params, pkce, user_token
+    from tests.consent_world import _luhn_fix
+
+    rpps = _luhn_fix("1000999888")
+    assert _post(w, "operator", {"resourceType": "Practitioner", "identifier": [
+        {"system": "https://rpps.esante.gouv.fr", "value": rpps}]}).status_code == 201
+    with w.client("operator") as op:
+        pr = op.get("/Practitioner", params={"identifier": f"https://rpps.esante.gouv.fr|{rpps}"}).json()
+        pr_id = pr["entry"][0]["resource"]["id"]
+    pid, _ = w.fresh_patient(user=False)
+    assert _post(w, "operator", authorization(pid, [f"Practitioner/{pr_id}"])).status_code == 201
+    doc = _post(w, "operator", document(pid)).json()["id"]
+    add_user(w.server, "dr.linked", "practitioner", None, rpps=rpps)  # no --fhir-user: found by RPPS
+    token = user_token(w.server, "app", "dr.linked", "openid fhirUser user/*.rs")["access_token"]
+    assert _get(w, token, f"/DocumentReference/{doc}").status_code == 200
+    # an account whose Practitioner is not the one carrying its RPPS cannot sign in
+    add_user(w.server, "dr.mislinked", "practitioner", w.pr("auth"), rpps=rpps)
+    _, challenge = pkce()
+    with httpx.Client(base_url=w.server.base, timeout=60) as browser:
+        r = browser.get("/auth/authorize", params=authorize_params(w.server, "app", "openid user/*.rs", challenge))
+        rid = r.text.split('name="rid" value="', 1)[1].split('"', 1)[0]
+        r = browser.post("/auth/login", data={"rid": rid, "username": "dr.mislinked", "password": PASSWORD})
+        assert r.status_code == 403 and "RPPS" in r.text

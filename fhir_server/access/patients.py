@@ -16,6 +16,8 @@ import orjson
 from fhir_server.access.consent import ConsentPolicy
 from fhir_server.auth.principal import Principal
 from fhir_server.fhir.dmp import READ
+from fhir_server.fhir.identifiers import RPPS
+from fhir_server.search.registry import TOKEN, field_name
 
 
 def _label(resource: dict) -> str:
@@ -43,6 +45,13 @@ class PatientPicker:
             return []
         await self.consent.load(principal, state, "Patient", None)
         return sorted((state.reach or {}).get(READ, ()))[:self.limit]
+
+    async def practitioners_with_rpps(self, rpps: str) -> list[str]:
+        """The Practitioners of the directory carrying this RPPS number (one indexed query)."""
+        if not rpps:
+            return []
+        flt = {field_name(TOKEN, "identifier"): f"{RPPS}|{rpps}"}
+        return [f"Practitioner/{v.id}" for v, _ in await self.repo.find_page("Practitioner", flt, [("_id", 1)], 2)]
 
     async def exists(self, patient_id: str) -> bool:
         return bool(patient_id) and await self.repo.read("Patient", patient_id) is not None

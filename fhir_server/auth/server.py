@@ -156,6 +156,8 @@ class PatientPicker(Protocol):
 
     async def exists(self, patient_id: str) -> bool: ...
 
+    async def practitioners_with_rpps(self, rpps: str) -> list[str]: ...
+
 
 BreakGlassNotice = Callable[[dict], Awaitable[None]]
 
@@ -298,6 +300,13 @@ class AuthServer:
                                                  "The user name or password is incorrect.", username), 401,
                                 headers=NO_STORE)
         await self.state.clear_failures(["user:" + username.lower()])
+        if user.role == "practitioner":
+            linked = await self._link_by_rpps(user)
+            if linked is None:
+                return HTMLResponse(pages.error_page(
+                    "Account not linked", "This professional account's RPPS number does not match its Practitioner "
+                                          "in the directory. Ask an administrator."), 403, headers=NO_STORE)
+            user.fhir_user = linked
         flow = new_token()
         from fhir_server.auth.stores import digest
 
@@ -337,6 +346,13 @@ class AuthServer:
         user = await self.users.get(doc["user"])
         if user is None or user.disabled:
             return HTMLResponse(pages.error_page("Not signed in", "Sign in again from the application."), 403)
+        if user.role == "practitioner":
+            linked = await self._link_by_rpps(user)
+            if linked is None:
+                return HTMLResponse(pages.error_page(
+                    "Account not linked", "This professional account's RPPS number does not match its Practitioner "
+                                          "in the directory. Ask an administrator."), 403)
+            user.fhir_user = linked
         params = doc["params"]
         state = params["state"]
         if form.get("decision") != "approve":
@@ -379,6 +395,17 @@ class AuthServer:
         response = _redirect(params["redirect_uri"], {"code": code, "state": state})
         response.delete_cookie(FLOW_COOKIE, path="/auth")
         return response
+
+    async def _link_by_rpps(self, user: User) -> str | None:
+        """The Practitioner a professional account acts as: the one in the directory carrying its RPPS
+        number. An account naming another Practitioner is refused; with none in the directory yet,
+        the account's own link stands."""
+        found = await self.patients.practitioners_with_rpps(user.rpps or "")
+        if len(found) > 1:
+            return None  # two directory entries claim one RPPS: ambiguous, refuse
+        if found:
+            return found[0] if user.fhir_user in (None, found[0]) else None
+        return user.fhir_user
 
     # --- client authentication -------------------------------------------------------------------
 

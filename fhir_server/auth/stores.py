@@ -104,8 +104,9 @@ class MongoUserDirectory:
         if user.role == "patient" and not (user.fhir_user or "").startswith("Patient/"):
             raise ValueError("a patient account is linked to a Patient resource (--fhir-user Patient/<id>)")
         if user.role == "practitioner":
-            if not (user.fhir_user or "").startswith("Practitioner/"):
-                raise ValueError("a professional account is linked to a Practitioner (--fhir-user Practitioner/<id>)")
+            if user.fhir_user is not None and not user.fhir_user.startswith("Practitioner/"):
+                raise ValueError("a professional account is linked to a Practitioner (--fhir-user Practitioner/<id>, "
+                                 "or found by its RPPS number at sign-in)")
             problem = rpps_problem(user.rpps or "")
             if problem:
                 raise ValueError(f"a professional account needs a valid RPPS number (--rpps): {problem}")

@@ -22,6 +22,9 @@ class EngineCapabilities:
     transactions: bool
     replica_set: bool
     in_pushdown: bool = True  # `{f: {$in: [...]}}` reaches the engine's indexes (else: split per value)
+    # A filtered replace is atomic (MongoDB). FerretDB v1 reads the row, checks the filter in Go and
+    # writes it back: two concurrent guarded replaces can both pass their guard (docs/mongodb-compat.md).
+    atomic_updates: bool = True
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -44,6 +47,7 @@ async def detect(client: AsyncMongoClient, database: str) -> EngineCapabilities:
         transactions=await _probe_transactions(client, database),
         replica_set="setName" in hello or hello.get("msg") == "isdbgrid",
         in_pushdown=name != "ferretdb" or await _probe_in_pushdown(client, database),
+        atomic_updates=name != "ferretdb",
     )
 
 

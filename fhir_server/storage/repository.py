@@ -142,7 +142,9 @@ class Repository:
         crash_after: int | None = None,
         in_pushdown: bool = True,
         unique_keys: UniqueKeysOf = _no_unique_keys,
+        atomic_updates: bool = True,
     ) -> None:
+        self.atomic_updates = atomic_updates  # False: a guarded replace may be overtaken (FerretDB v1)
         self.in_pushdown = in_pushdown  # False: the engine scans for `$in` (FerretDB v1), split it
         self.client = client
         self.transactions = transactions
@@ -495,7 +497,22 @@ class Repository:
         await self._history[rtype].insert_one(hist, session=_s(unit))
         self.step()
         await self._apply(rtype, hist, resource, _s(unit))
+        if not self.atomic_updates and hist[H_OP] != OP_CREATE:
+            await self._settle_newer(rtype, rid, hist[F_VERSION])
         return Version.from_history(rtype, hist)
+
+    async def _settle_newer(self, rtype: str, rid: str, version: int) -> None:
+        """On an engine whose guarded replace is not atomic, a writer of an older version may have
+        overwritten a newer one that was applied meanwhile: after applying ours, apply whatever is
+        newer in history (the history is the truth; each writer checks after its own write, so the
+        last write is always followed by a check)."""
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            newer = await self._history[rtype].find_one(
+                {H_RESOURCE_ID: rid, F_VERSION: {"$gt": version}, **COMMITTED}, sort=[(F_VERSION, DESCENDING)])
+            if newer is None:
+                return
+            await self._roll_forward(rtype, newer, None)
+            version = newer[F_VERSION]
 
     def step(self) -> None:
         """A point in a write or commit where a crash-injection test may stop the process."""
