@@ -29,14 +29,32 @@ class Settings(BaseSettings):
         "postgresql", description="Storage of the embedded FerretDB: a private PostgreSQL cluster (indexed "
                                   "searches) or SQLite (lighter; searches scan)")
     max_body_bytes: int = Field(32 * 1024 * 1024, description="Largest request body accepted")
+    max_resource_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, le=12 * 1024 * 1024,
+        description="Largest resource stored (its JSON, without a Binary's content, which goes to GridFS); "
+                    "MongoDB documents hold at most 16 MB with the index fields")
+    search_max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest POST [type]/_search form body")
+    max_bundle_entries: int = Field(1000, ge=1, description="Most entries in a batch or transaction Bundle")
+    cpu_threads: int = Field(2, ge=1, description="Threads per worker for CPU-heavy work (large bodies, argon2)")
+    cpu_max_waiting: int = Field(32, ge=0, description="CPU-heavy calls that may wait for a thread; more: 503")
     binary_inline_max_bytes: int = Field(
         256 * 1024, description="Binary content above this size is kept in GridFS and streamed"
     )
     default_page_size: int = Field(50, ge=1)
     max_page_size: int = Field(1000, ge=1)
     log_level: str = Field("INFO")
+    trusted_proxies: str = Field(
+        "", description="Comma-separated addresses of reverse proxies whose X-Forwarded-For/-Proto are believed "
+                        "(uvicorn forwarded_allow_ips); empty: none, the peer address is the client's")
+    keep_alive_timeout_seconds: int = Field(5, ge=1, description="Idle keep-alive connections are closed after this")
+    limit_concurrency: int | None = Field(
+        1000, ge=1, description="Connections or tasks per worker beyond which uvicorn answers 503")
     test_crash_after_step: int | None = Field(
         None, description="Tests only: exit the process at the N-th write or commit step (crash injection)")
+
+    development: bool = Field(
+        False, description="Development conveniences that are unsafe elsewhere (http jwks_uri of clients, "
+                           "the Host header deciding the published URLs)")
 
     # authorization (SMART App Launch; README "Authorization")
     insecure_dev_mode: bool = Field(
@@ -50,9 +68,13 @@ class Settings(BaseSettings):
     online_refresh_seconds: int = Field(12 * 3600, description="Lifetime of online_access refresh tokens")
     signing_key_rotation_days: int = Field(30, ge=1, description="Age at which the token signing key is replaced")
     revocation_cache_seconds: float = Field(1.0, ge=0, description="How long a worker trusts its revocation list")
-    login_max_failures: int = Field(5, ge=1, description="Failed sign-ins per user name before throttling "
-                                                         "(four times as many per client address)")
-    login_throttle_window_seconds: int = Field(900, description="Throttling window for failed sign-ins")
+    login_max_failures: int = Field(5, ge=1, description="Sign-in attempts per user name and window before "
+                                                         "throttling (a success forgives)")
+    client_max_failures: int = Field(10, ge=1, description="client_secret checks per client id and window")
+    address_max_attempts: int = Field(
+        200, ge=1, description="Secret checks (sign-ins, client secrets) per client address and window; high, "
+                               "because a hospital's users may share one NAT address")
+    login_throttle_window_seconds: int = Field(900, ge=1, description="Throttling window for secret checks")
 
     def redacted(self) -> dict:
         out = self.model_dump(mode="json")

@@ -23,6 +23,7 @@ from fhir_server.auth.principal import ANONYMOUS
 from fhir_server.auth.server import AUTH_ROUTES, fhir_base
 from fhir_server.composition import Services
 from fhir_server.config import Settings
+from fhir_server.fhir import offload
 from fhir_server.fhir.outcome import FhirError
 from fhir_server.ops.observability import ObservabilityMiddleware, configure_logging
 from fhir_server.records.hooks import Hook
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None, *, policies: Sequence[Policy] =
     """The ASGI app; `policies` and `hooks` are added to the decision point and the pipeline."""
     settings = settings or Settings()
     configure_logging(settings.log_level)
+    offload.configure(settings.cpu_threads, settings.cpu_max_waiting)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -71,9 +73,48 @@ def create_app(settings: Settings | None = None, *, policies: Sequence[Policy] =
     return app
 
 
+AUTH_MAX_BODY = 64 * 1024  # forms of the authorization server are small
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _limited(request: Request, limit: int) -> Request:
+    """The request, reading at most `limit` body bytes (more raises _BodyTooLarge)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _BodyTooLarge
+    seen = 0
+
+    async def receive():
+        nonlocal seen
+        message = await request.receive()
+        seen += len(message.get("body", b""))
+        if seen > limit:
+            raise _BodyTooLarge
+        return message
+
+    return Request(request.scope, receive)
+
+
 def _auth_endpoint(name: str):
+    """An authorization-server route: its failures are OAuth JSON errors, logged as JSON lines."""
+
     async def endpoint(request: Request) -> Response:
-        return await getattr(request.app.state.services.auth, name)(request)
+        try:
+            return await getattr(request.app.state.services.auth, name)(_limited(request, AUTH_MAX_BODY))
+        except _BodyTooLarge:
+            return JSONResponse({"error": "invalid_request", "error_description": "the request body is too large"},
+                                status_code=413, headers={"Cache-Control": "no-store"})
+        except offload.Overloaded:
+            return JSONResponse({"error": "temporarily_unavailable", "error_description": "the server is busy"},
+                                status_code=503, headers={"Cache-Control": "no-store", "Retry-After": "1"})
+        except Exception:
+            log.exception("unhandled error")
+            return JSONResponse({"error": "server_error", "error_description": "internal error; the request id "
+                                                                               "identifies it in the server logs"},
+                                status_code=500, headers={"Cache-Control": "no-store"})
 
     endpoint.__name__ = name
     return endpoint
@@ -108,11 +149,12 @@ async def fhir_endpoint(request: Request) -> Response:
             request.headers.get("authorization"), base, services)
         params = request.query_params
         pretty = params.get("_pretty") == "true"
-        body = await _read_body(request, services.settings.max_body_bytes) if request.method in (
-            "POST", "PUT", "PATCH") else None
+        form_search = request.method == "POST" and request.headers.get("content-type", "").startswith(
+            "application/x-www-form-urlencoded") and path.endswith("_search")
+        limit = services.settings.search_max_body_bytes if form_search else services.settings.max_body_bytes
+        body = await _read_body(request, limit) if request.method in ("POST", "PUT", "PATCH") else None
         headers = {k: v for k, v in request.headers.items()}
-        if request.method == "POST" and request.headers.get("content-type", "").startswith(
-                "application/x-www-form-urlencoded") and request.path_params.get("path", "").endswith("_search"):
+        if form_search:
             assert body is not None, "a POST body was read above"
             query = "&".join(p for p in (query, body.decode("utf-8", "replace")) if p)
             body = None
@@ -125,6 +167,9 @@ async def fhir_endpoint(request: Request) -> Response:
         result = await dispatch(ctx, ix)
     except FhirError as err:
         result = error_result(err)
+    except offload.Overloaded:
+        result = error_result(FhirError(503, "transient", "the server is busy; try again shortly",
+                                        headers={"Retry-After": "1"}))
     except Exception:
         log.exception("unhandled error")
         result = error_result(FhirError(500, "exception", "internal error; the request id identifies it in the "

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
+from pymongo.errors import ConnectionFailure, DocumentTooLarge, OperationFailure, PyMongoError
 
 from fhir_server.access.decision import Effect, permission
 from fhir_server.fhir import interactions as k
@@ -88,6 +88,8 @@ async def dispatch(ctx: RequestContext, ix: Interaction) -> Result:
         result = await execute(ctx, ix, event)
     except FhirError as err:
         error = err
+    except DocumentTooLarge:  # the last line: handlers refuse oversized resources before any work
+        error = FhirError(413, "too-costly", "the resource is too large to be stored")
     except ConnectionFailure:
         error = FhirError(503, "transient", "the database is unavailable; try again")
     except OperationFailure as exc:

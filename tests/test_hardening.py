@@ -1,0 +1,202 @@
+"""Issue 12 (hostile clients), FHIR side: no 500s, bounded work per request, work off the event loop.
+
+Each test drives a real server over HTTP; each would have failed before its fix (500s, stalls,
+unbounded Bundles, validation on the event loop, plain-text tracebacks in the log).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import threading
+import uuid
+
+import httpx
+import pytest
+
+from tests.auth_helpers import add_client, backend_token, fhir_client, public_jwks, rsa_key
+from tests.conftest import TEST_MAX_RESOURCE, start_server, stop_server
+from tests.helpers import JSON_HEADERS, assert_outcome, patient
+from tests.inprocess import InProcessServer
+
+
+def _tagged(tag: str, **extra) -> dict:
+    return patient(identifier=[{"system": "urn:test:hardening", "value": tag}], **extra)
+
+
+def _count(fhir, tag: str) -> int:
+    r = fhir.get("/Patient", params={"identifier": f"urn:test:hardening|{tag}", "_total": "accurate"})
+    assert r.status_code == 200, r.text
+    return r.json()["total"]
+
+
+def _nested_extensions(depth: int) -> dict:
+    ext: dict = {"url": "http://example.org/e", "valueString": "v"}
+    for _ in range(depth):
+        ext = {"url": "http://example.org/e", "extension": [ext]}
+    return ext
+
+
+@pytest.mark.parametrize("shape", ["extensions", "arrays"])
+def test_deeply_nested_json_is_400_not_500(fhir, shape):
+    tag = uuid.uuid4().hex
+    deep = (json.dumps([_nested_extensions(400)]) if shape == "extensions"
+            else "[" * 1000 + '"x"' + "]" * 1000)  # built as text: json.dumps itself cannot nest so deep
+
+    def with_deep(resource: dict) -> str:
+        return json.dumps({**resource, "extension": "DEEP"}).replace('"DEEP"', deep)
+
+    body = _tagged(tag)
+    assert_outcome(fhir.post("/Patient", content=with_deep(body), headers=JSON_HEADERS), 400, "too-costly")
+    pid = uuid.uuid4().hex[:16]
+    assert_outcome(fhir.put(f"/Patient/{pid}", content=with_deep({**body, "id": pid}), headers=JSON_HEADERS), 400)
+    bundle = json.dumps({"resourceType": "Bundle", "type": "transaction",
+                         "entry": [{"resource": "BODY", "request": {"method": "POST", "url": "Patient"}}]})
+    assert_outcome(fhir.post("", content=bundle.replace('"BODY"', with_deep(body)), headers=JSON_HEADERS), 400)
+    assert_outcome(fhir.post("/Patient/$validate", content=with_deep(body), headers=JSON_HEADERS), 400)
+    assert _count(fhir, tag) == 0
+
+
+def test_deep_json_patch_is_refused(fhir):
+    pid = fhir.post("/Patient", json=_tagged(uuid.uuid4().hex), headers=JSON_HEADERS).json()["id"]
+    ops = [{"op": "add", "path": "/extension", "value": [_nested_extensions(300)]}]
+    r = fhir.patch(f"/Patient/{pid}", content=json.dumps(ops), headers={"Content-Type": "application/json-patch+json"})
+    assert_outcome(r, 400)
+    assert fhir.get(f"/Patient/{pid}").json()["meta"]["versionId"] == "1"
+
+
+def test_control_characters_in_strings_are_400(fhir):
+    tag = uuid.uuid4().hex
+    bad = _tagged(tag, name=[{"family": "Du\u0000pont"}])
+    assert_outcome(fhir.post("/Patient", json=bad, headers=JSON_HEADERS), 400, "value")
+    bad = _tagged(tag, name=[{"family": "Du\u001bpont"}])
+    assert_outcome(fhir.post("/Patient", json=bad, headers=JSON_HEADERS), 400, "value")
+    assert _count(fhir, tag) == 0
+    ok = _tagged(tag, name=[{"family": "Du\tpont", "text": "line\r\nbreak"}])
+    assert fhir.post("/Patient", json=ok, headers=JSON_HEADERS).status_code == 201
+
+
+def test_oversized_resource_is_413_before_any_work_and_large_binaries_still_fit(fhir):
+    tag = uuid.uuid4().hex
+    big = _tagged(tag, name=[{"family": "x" * (TEST_MAX_RESOURCE + 10)}])
+    assert_outcome(fhir.post("/Patient", json=big, headers=JSON_HEADERS), 413, "too-costly")
+    bundle = {"resourceType": "Bundle", "type": "batch",
+              "entry": [{"resource": big, "request": {"method": "POST", "url": "Patient"}}]}
+    r = fhir.post("", json=bundle, headers=JSON_HEADERS)
+    assert r.status_code == 200 and r.json()["entry"][0]["response"]["status"] == "413"
+    assert _count(fhir, tag) == 0
+    # a Binary's content goes to GridFS: more than the resource limit is fine, as JSON or raw
+    content = bytes(range(256)) * ((TEST_MAX_RESOURCE + 4096) // 256)
+    r = fhir.post("/Binary", json={"resourceType": "Binary", "contentType": "application/octet-stream",
+                                   "data": base64.b64encode(content).decode()}, headers=JSON_HEADERS)
+    assert r.status_code == 201, r.text
+    raw = fhir.get(f"/Binary/{r.json()['id']}", headers={"Accept": "application/octet-stream"})
+    assert raw.content == content
+    r = fhir.post("/Binary", content=content, headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 201, r.text
+
+
+def test_bundle_entry_limit_is_413_before_validation(fhir):
+    entries = [{"request": {"method": "GET", "url": "Patient?_count=1"}}] * 1001
+    r = fhir.post("", json={"resourceType": "Bundle", "type": "batch", "entry": entries}, headers=JSON_HEADERS)
+    assert_outcome(r, 413, "too-costly")
+
+
+def test_search_form_body_is_bounded(fhir):
+    form = "&".join(f"name=n{i}" for i in range(20000))  # > 64 KiB
+    r = fhir.post("/Patient/_search", content=form, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert_outcome(r, 413, "too-costly")
+
+
+@pytest.mark.parametrize("path", ["/Patient", "/Patient/_history", "/_history"])
+def test_altered_or_forged_cursors_are_400(fhir, path):
+    for cursor in ("1e20", "AAAA", base64.urlsafe_b64encode(b"x" * 40).decode(), "%00", "-" * 500):
+        assert_outcome(fhir.get(path, params={"_cursor": cursor}), 400)
+
+
+def test_bundle_entries_a_token_may_not_write_are_refused_before_their_content_is_validated(auth_world):
+    """A read-only backend token sending a batch of (invalid) creates: each entry is 403 — decided
+    before validation — instead of the whole Bundle's content being validated first (which gave 400)."""
+    key = rsa_key()
+    cid = "ro-" + uuid.uuid4().hex[:8]
+    add_client(auth_world.server, cid, "confidential-asymmetric", "system/*.rs", redirect_uris=(),
+               jwks=public_jwks(key))
+    token = backend_token(auth_world.server, cid, key, "system/*.rs")["access_token"]
+    invalid = {"resourceType": "Patient", "gender": "robot", "unknownElement": 1}
+    bundle = {"resourceType": "Bundle", "type": "batch",
+              "entry": [{"resource": invalid, "request": {"method": "POST", "url": "Patient"}}] * 3}
+    with fhir_client(auth_world.server, token) as c:
+        r = c.post("", json=bundle, headers=JSON_HEADERS)
+    assert r.status_code == 200, r.text
+    assert [e["response"]["status"] for e in r.json()["entry"]] == ["403"] * 3
+
+
+def test_large_body_validation_runs_off_the_event_loop(ferretdb_uri, monkeypatch):
+    """While a large resource is being validated, /health answers: the validation is held on a gate
+    that only the test opens, after /health has answered. Validation on the event loop would
+    deadlock here (the guard timeouts then fail the test)."""
+    from fhir_server.rest.handlers import write
+
+    entered, gate = threading.Event(), threading.Event()
+    real = write.validate_resource
+
+    def held(resource, **kw):
+        entered.set()
+        gate.wait(30)
+        return real(resource, **kw)
+
+    monkeypatch.setattr(write, "validate_resource", held)
+    with InProcessServer(ferretdb_uri, insecure=True) as srv:
+        body = _tagged(uuid.uuid4().hex, name=[{"family": "y" * 200_000}])
+        result: dict = {}
+
+        def post():
+            with srv.client() as c:
+                result["r"] = c.post("/Patient", json=body, headers=JSON_HEADERS)
+
+        t = threading.Thread(target=post)
+        t.start()
+        try:
+            assert entered.wait(30), "the write never reached validation"
+            health = httpx.get(srv.base + "/health", timeout=10)
+            assert health.status_code == 200
+        finally:
+            gate.set()
+            t.join(60)
+        assert result["r"].status_code == 201, result["r"].text
+
+
+def test_every_log_line_is_json_under_hostile_requests(ferretdb_uri):
+    """Hostile requests to the FHIR and auth endpoints: no 5xx, and every line the server writes
+    (uvicorn's included) is one JSON object without a plain-text traceback."""
+    s = start_server(ferretdb_uri, {"FHIR_INSECURE_DEV_MODE": "false", "FHIR_LOG_LEVEL": "INFO"},
+                     stderr=subprocess.PIPE)
+    try:
+        array_payload = base64.urlsafe_b64encode(b"[1,2,3]").rstrip(b"=").decode()
+        header = base64.urlsafe_b64encode(b'{"alg":"RS384"}').rstrip(b"=").decode()
+        with httpx.Client(base_url=s.base, timeout=30) as c:
+            r = c.post("/auth/token", data={
+                "grant_type": "client_credentials",
+                "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                "client_assertion": f"{header}.{array_payload}.c2ln"})
+            assert r.status_code == 400 and r.json()["error"] == "invalid_client"
+            for path in ("/auth/token", "/auth/introspect", "/auth/revoke"):
+                r = c.post(path, content=b"a=" + b"b" * 200_000,
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+                assert r.status_code == 413 and r.json()["error"] == "invalid_request"
+                r = c.post(path, content=b"\xff\xfe%%%", headers={"Content-Type": "application/x-www-form-urlencoded"})
+                assert r.status_code < 500, (path, r.status_code, r.text)
+            r = c.post("/auth/token", headers={"Authorization": "Basic !!!"}, data={"grant_type": "client_credentials"})
+            assert r.status_code == 401
+            r = c.get("/fhir/Patient", headers={"Authorization": "Bearer " + "a.b.c"})
+            assert r.status_code == 401
+    finally:
+        stop_server(s)
+        err = s.process.stderr.read().decode() if s.process.stderr else ""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines, "the server logged nothing"
+    for line in lines:
+        record = json.loads(line)  # fails on any plain-text line
+        assert isinstance(record, dict) and "level" in record, line
+        assert "Traceback" not in record.get("msg", ""), line
