@@ -41,7 +41,16 @@ class Settings(BaseSettings):
         256 * 1024, description="Binary content above this size is kept in GridFS and streamed"
     )
     default_page_size: int = Field(50, ge=1)
-    max_page_size: int = Field(1000, ge=1)
+    max_page_size: int = Field(1000, ge=1, description="Largest page; a larger _count is lowered to it")
+    # what one search may ask (over a cap: 400 too-costly; docs/decisions.md "Hardening")
+    search_max_params: int = Field(64, ge=1, description="Search parameters (criteria) per search")
+    search_max_values: int = Field(500, ge=1, description="Values (ORed by commas) in all parameters of a search")
+    search_max_chain_depth: int = Field(4, ge=1, le=4, description="Chain links (and _has levels) in one parameter")
+    search_max_has_depth: int = Field(2, ge=1, le=4, description="Nested _has levels in one parameter")
+    search_max_includes: int = Field(10, ge=0, description="_include plus _revinclude parameters per search")
+    db_time_budget_ms: float = Field(
+        10000, gt=0, description="Database time one read, search or history may use (MongoDB maxTimeMS through "
+                                 "PyMongo's timeout()); over it: 503 too-costly")
     log_level: str = Field("INFO")
     trusted_proxies: str = Field(
         "", description="Comma-separated addresses of reverse proxies whose X-Forwarded-For/-Proto are believed "

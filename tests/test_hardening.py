@@ -11,6 +11,7 @@ import json
 import subprocess
 import threading
 import uuid
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -200,3 +201,45 @@ def test_every_log_line_is_json_under_hostile_requests(ferretdb_uri):
         record = json.loads(line)  # fails on any plain-text line
         assert isinstance(record, dict) and "level" in record, line
         assert "Traceback" not in record.get("msg", ""), line
+
+
+# --- query amplification (item 2) ------------------------------------------------------------------
+
+@pytest.mark.parametrize("params,why", [
+    ([("name", f"n{i}") for i in range(65)], "search parameters"),
+    ([("_revinclude", "DocumentReference:subject")] * 11, "_include"),
+    ([("_has:Observation:subject:_has:AuditEvent:entity:_has:Provenance:target:agent", "x")], "_has"),
+    ([("organization.partof.partof.partof.partof.name", "x")], "levels deep"),
+    ([("identifier", ",".join(f"v{i}" for i in range(501)))], "values"),
+])
+def test_search_caps_are_too_costly(fhir, params, why):
+    r = fhir.get("/Patient", params=params)
+    body = assert_outcome(r, 400, "too-costly")
+    assert why in body["issue"][0]["diagnostics"]
+    r = fhir.post("/Patient/_search", content=urlencode(params).encode(),
+                  headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert_outcome(r, 400, "too-costly")
+
+
+def test_searches_within_the_caps_still_work(fhir):
+    params = [("name", f"n{i}") for i in range(63)] + [("_revinclude", "DocumentReference:subject")] * 10
+    assert fhir.get("/Patient", params=params).status_code == 200
+    assert fhir.get("/Patient", params={"organization.partof.name": "x", "_count": "100000"}).status_code == 200
+
+
+def test_database_time_budget_turns_runaway_reads_into_503(ferretdb_uri):
+    """A budget far below any query's time (1 µs): reads, searches and history answer 503
+    too-costly instead of running on; writes are not cut short."""
+    s = start_server(ferretdb_uri, {"FHIR_DB_TIME_BUDGET_MS": "0.001"})
+    try:
+        with s.client() as c:
+            created = c.post("/Patient", json=patient(), headers=JSON_HEADERS)
+            assert created.status_code == 201, created.text
+            pid = created.json()["id"]
+            for path, params in ((f"/Patient/{pid}", None), ("/Patient", {"name": "Dupont"}),
+                                 ("/Patient/_history", None)):
+                r = c.get(path, params=params)
+                assert_outcome(r, 503, "too-costly")
+                assert r.headers["retry-after"] == "1"
+    finally:
+        stop_server(s)
