@@ -44,7 +44,20 @@ def uvicorn_options(settings: Settings) -> dict:
         "timeout_keep_alive": settings.keep_alive_timeout_seconds,
         "limit_concurrency": settings.limit_concurrency,
         "h11_max_incomplete_event_size": 64 * 1024,
+        **_tls(settings),
     }
+
+
+def _tls(settings: Settings) -> dict:
+    """HTTPS served by uvicorn itself, for deployments without a TLS-terminating proxy."""
+    if settings.ssl_certfile is None:
+        return {}
+    out: dict = {"ssl_certfile": str(settings.ssl_certfile)}
+    if settings.ssl_keyfile is not None:
+        out["ssl_keyfile"] = str(settings.ssl_keyfile)
+    if settings.ssl_keyfile_password is not None:
+        out["ssl_keyfile_password"] = settings.ssl_keyfile_password.get_secret_value()
+    return out
 
 
 def _serve(args: argparse.Namespace) -> int:

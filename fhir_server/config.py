@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -61,9 +62,18 @@ class Settings(BaseSettings):
     test_crash_after_step: int | None = Field(
         None, description="Tests only: exit the process at the N-th write or commit step (crash injection)")
 
+    metrics_token: SecretStr | None = Field(
+        None, description="Bearer token that /metrics requires; unset: /metrics is not served")
+    hsts_seconds: int = Field(0, ge=0, description="Strict-Transport-Security max-age on https responses (0: none)")
+    ssl_certfile: Path | None = Field(None, description="Serve HTTPS directly: the certificate chain (PEM)")
+    ssl_keyfile: Path | None = Field(None, description="… and its private key (PEM)")
+    ssl_keyfile_password: SecretStr | None = Field(None, description="… and the key's password, if any")
+    allowed_hosts: str = Field(
+        "127.0.0.1,localhost,::1", description="Without FHIR_PUBLIC_BASE_URL, the Host names served (comma-separated; "
+                                               "'*': any); other Hosts get 400")
     development: bool = Field(
         False, description="Development conveniences that are unsafe elsewhere (http jwks_uri of clients, "
-                           "the Host header deciding the published URLs)")
+                           "any Host header deciding the published URLs)")
 
     # authorization (SMART App Launch; README "Authorization")
     insecure_dev_mode: bool = Field(
@@ -92,8 +102,22 @@ class Settings(BaseSettings):
         return out
 
 
+_SECRET_OPTION = re.compile(r"pass|secret|token|key|credential|authmechanismproperties", re.IGNORECASE)
+
+
 def _redact_uri(uri: str) -> str:
+    """The URI without its user info, and without the values of options that may carry secrets
+    (`tlsCertificateKeyFilePassword`, `authMechanismProperties=AWS_SESSION_TOKEN:…`)."""
     scheme, sep, rest = uri.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.split("@", 1)[1]
-    return scheme + sep + rest
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    authority, path = rest[:end], rest[end:]
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    hosts, q, query = (authority + path).partition("?")
+    if q:
+        parts = []
+        for part in query.split("&"):
+            name, eq, _ = part.partition("=")
+            parts.append(f"{name}=***" if eq and _SECRET_OPTION.search(name) else part)
+        query = "&".join(parts)
+    return scheme + sep + hosts + q + query

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import threading
 import uuid
@@ -243,3 +244,194 @@ def test_database_time_budget_turns_runaway_reads_into_503(ferretdb_uri):
                 assert r.headers["retry-after"] == "1"
     finally:
         stop_server(s)
+
+
+# --- narratives (item 9) ---------------------------------------------------------------------------
+
+XHTML = 'xmlns="http://www.w3.org/1999/xhtml"'
+
+
+@pytest.mark.parametrize("div", [
+    f"<div {XHTML}><script>alert(1)</script>x</div>",
+    f'<div {XHTML}><p onclick="steal()">x</p></div>',
+    f'<div {XHTML}><a href=" javascript:alert(1)">x</a></div>',
+    f'<div {XHTML}><img src="x" onerror="steal()"/></div>',
+    f'<div {XHTML}><iframe src="https://evil.example"/>x</div>',
+    f'<div {XHTML}><p style="background:url(https://evil.example/t)">x</p></div>',
+    "<div>no namespace</div>",
+    f"<div {XHTML}><p>unclosed</div>",
+    f"<div {XHTML}>   </div>",
+    f'<!DOCTYPE d [<!ENTITY e "x">]><div {XHTML}>&e;</div>',
+])
+def test_unsafe_narratives_are_refused_on_every_write_path(fhir, div):
+    tag = uuid.uuid4().hex
+    body = _tagged(tag, text={"status": "generated", "div": div})
+    assert_outcome(fhir.post("/Patient", json=body, headers=JSON_HEADERS), 400, "value")
+    pid = uuid.uuid4().hex[:16]
+    assert_outcome(fhir.put(f"/Patient/{pid}", json={**body, "id": pid}, headers=JSON_HEADERS), 400)
+    bundle = {"resourceType": "Bundle", "type": "transaction",
+              "entry": [{"resource": body, "request": {"method": "POST", "url": "Patient"}}]}
+    assert_outcome(fhir.post("", json=bundle, headers=JSON_HEADERS), 400)
+    contained = _tagged(tag, contained=[{"resourceType": "Practitioner", "id": "gp",
+                                         "text": {"status": "generated", "div": div}}],
+                        generalPractitioner=[{"reference": "#gp"}])
+    assert_outcome(fhir.post("/Patient", json=contained, headers=JSON_HEADERS), 400)
+    existing = fhir.post("/Patient", json=_tagged(uuid.uuid4().hex), headers=JSON_HEADERS).json()["id"]
+    ops = [{"op": "add", "path": "/text", "value": {"status": "generated", "div": div}}]
+    assert_outcome(fhir.patch(f"/Patient/{existing}", json=ops,
+                              headers={"Content-Type": "application/json-patch+json"}), 400)
+    assert _count(fhir, tag) == 0
+
+
+def test_safe_narratives_are_kept(fhir):
+    div = (f'<div {XHTML}><p>Hélène&nbsp;<b>Dupont</b> &amp; co</p><a href="https://example.org/x?a=b">site</a>'
+           '<a href="Patient/1">rel</a><table><tr><td style="color:red">1</td></tr></table>'
+           '<img src="data:image/png;base64,iVBORw0KGgo=" alt="x"/></div>')
+    r = fhir.post("/Patient", json=patient(text={"status": "generated", "div": div}), headers=JSON_HEADERS)
+    assert r.status_code == 201, r.text
+    assert r.json()["text"]["div"] == div
+
+
+# --- headers and small leaks (item 8), the Host header (item 4), TLS (item 11) ----------------------
+
+def test_html_pages_carry_csp_and_no_framing(auth_world):
+    from tests.auth_helpers import authorize_params, pkce
+
+    _, challenge = pkce()
+    r = httpx.get(auth_world.server.base + "/auth/authorize",
+                  params=authorize_params(auth_world.server, "app", "launch/patient patient/*.rs", challenge))
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    csp = r.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+    assert r.headers["x-frame-options"] == "DENY" and r.headers["x-content-type-options"] == "nosniff"
+    assert httpx.get(auth_world.server.base + "/health").headers["x-content-type-options"] == "nosniff"
+
+
+def test_raw_binary_is_never_active_content_of_our_origin(fhir):
+    html = b"<html><script>alert(document.cookie)</script></html>"
+    bid = fhir.post("/Binary", content=html, headers={"Content-Type": "text/html"}).json()["id"]
+    r = fhir.get(f"/Binary/{bid}", headers={"Accept": "*/*"})
+    assert r.status_code == 200 and r.content == html
+    assert r.headers["content-disposition"] == "attachment"
+    assert r.headers["x-content-type-options"] == "nosniff" and "sandbox" in r.headers["content-security-policy"]
+    png = fhir.post("/Binary", content=b"\x89PNG\r\n", headers={"Content-Type": "image/png"}).json()["id"]
+    r = fhir.get(f"/Binary/{png}", headers={"Accept": "image/png"})
+    assert "content-disposition" not in r.headers and r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_metrics_need_the_metrics_token(server):
+    from tests.conftest import TEST_METRICS_TOKEN
+
+    assert httpx.get(server.base + "/metrics").status_code == 401
+    assert httpx.get(server.base + "/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    r = httpx.get(server.base + "/metrics", headers={"Authorization": f"Bearer {TEST_METRICS_TOKEN}"})
+    assert r.status_code == 200 and "fhir_requests_total" in r.text
+
+
+def test_check_redacts_secret_uri_options(ferretdb_uri):
+    import os
+    import sys
+
+    from tests.conftest import ROOT
+
+    uri = ferretdb_uri.rstrip("/") + "/?tlsCertificateKeyFilePassword=hunter2-secret&appName=x"
+    out = subprocess.run([sys.executable, "-m", "fhir_server.cli", "check"], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "FHIR_MONGODB_URI": uri, "FHIR_METRICS_TOKEN": "tok-secret-42"}, timeout=60)
+    assert "hunter2-secret" not in out.stdout + out.stderr and "tok-secret-42" not in out.stdout
+    assert "tlsCertificateKeyFilePassword=***" in out.stdout and "appName=x" in out.stdout
+
+
+def test_the_host_header_cannot_choose_the_published_endpoints(server, ferretdb_uri):
+    r = httpx.get(server.base + "/fhir/.well-known/smart-configuration", headers={"Host": "evil.example"})
+    assert r.status_code == 400 and "evil.example" not in r.text
+    r = httpx.get(server.fhir_base + "/metadata", headers={"Host": "evil.example"})
+    assert_outcome(r, 400, "security")
+    assert httpx.get(server.base + "/fhir/.well-known/smart-configuration").status_code == 200
+    s = start_server(ferretdb_uri, {"FHIR_PUBLIC_BASE_URL": "https://dmp.example.org/fhir"})
+    try:
+        conf = httpx.get(s.base + "/fhir/.well-known/smart-configuration", headers={"Host": "evil.example"}).json()
+        assert conf["authorization_endpoint"] == "https://dmp.example.org/auth/authorize"
+    finally:
+        stop_server(s)
+
+
+def test_flow_cookie_is_secure_behind_a_tls_proxy(ferretdb_uri):
+    """A TLS-terminating proxy speaks plain http to us: the public base URL says https, so the
+    sign-in cookie is Secure."""
+    from tests.auth_helpers import PASSWORD, add_client, add_user, pkce
+
+    s = start_server(ferretdb_uri, {"FHIR_INSECURE_DEV_MODE": "false",
+                                    "FHIR_PUBLIC_BASE_URL": "https://dmp.example.org/fhir"})
+    try:
+        add_client(s, "app", "public", "launch/patient patient/*.rs")
+        add_user(s, "pat", "patient", "Patient/p1")
+        _, challenge = pkce()
+        params = {"response_type": "code", "client_id": "app", "redirect_uri": "http://127.0.0.1:9/callback",
+                  "scope": "launch/patient patient/*.rs", "state": "s", "aud": "https://dmp.example.org/fhir",
+                  "code_challenge": challenge, "code_challenge_method": "S256"}
+        with httpx.Client(base_url=s.base) as browser:
+            r = browser.get("/auth/authorize", params=params)
+            rid = re.search(r'name="rid" value="([^"]+)"', r.text).group(1)
+            r = browser.post("/auth/login", data={"rid": rid, "username": "pat", "password": PASSWORD})
+            assert r.status_code == 200, r.text
+            cookie = r.headers["set-cookie"]
+            assert "fhir_auth_flow=" in cookie and "secure" in cookie.lower() and "httponly" in cookie.lower()
+    finally:
+        stop_server(s)
+
+
+def _self_signed(tmp_path):
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    keyfile.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    return certfile, keyfile
+
+
+def test_https_served_directly_with_hsts(ferretdb_uri, tmp_path):
+    import os
+    import socket
+    import ssl
+    import sys
+
+    from tests.conftest import ROOT
+
+    certfile, keyfile = _self_signed(tmp_path)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    port = sock.getsockname()[1]
+    env = {**os.environ, "FHIR_MONGODB_URI": ferretdb_uri, "FHIR_DATABASE": "t_" + uuid.uuid4().hex[:12],
+           "FHIR_SSL_CERTFILE": str(certfile), "FHIR_SSL_KEYFILE": str(keyfile), "FHIR_HSTS_SECONDS": "31536000",
+           "FHIR_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "fhir_server.cli", "serve", "--fd", str(sock.fileno())],
+                            pass_fds=(sock.fileno(),), env=env, cwd=ROOT)
+    sock.close()
+    try:
+        ctx = ssl.create_default_context(cafile=str(certfile))
+        with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=ctx, timeout=60) as c:
+            r = c.get("/ready")
+            assert r.status_code == 200
+            assert r.headers["strict-transport-security"] == "max-age=31536000"
+            assert c.get("/fhir/.well-known/smart-configuration").json()["issuer"].startswith("https://127.0.0.1:")
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)  # plain http is not served
+    finally:
+        proc.terminate()
+        proc.wait(15)

@@ -284,7 +284,10 @@ class AuthServer:
         await self.state.update_request(rid, {"user": user.username, "flow": digest(flow)})
         response = await self._approval(rid, doc["params"], client, user)
         response.set_cookie(FLOW_COOKIE, flow, max_age=self.settings.authorization_request_seconds, httponly=True,
-                            samesite="lax", path="/auth", secure=request.url.scheme == "https")
+                            samesite="lax", path="/auth",
+                            # behind a TLS-terminating proxy the request itself may be plain http
+                            secure=request.url.scheme == "https" or fhir_base(request, self.settings).startswith(
+                                "https://"))
         return response
 
     def _needs_picker(self, params: dict, user: User) -> bool:

@@ -19,6 +19,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from fhir_server.fhir.bindings import check_required_bindings
+from fhir_server.fhir.narrative import narrative_problem
 from fhir_server.fhir.outcome import FhirError, Issue
 from fhir_server.fhir.types import SUPPORTED, is_valid_id, reference_problem
 
@@ -149,7 +150,11 @@ def json_rule_issues(resource: dict, rtype: str, *, allow_urn: bool) -> tuple[li
                 if item is not None:
                     walk(item, f"{path}[{i}]")
         elif isinstance(node, str):
-            if node == "" and not path.endswith(".div"):
+            if path.endswith(".text.div"):  # Narrative.div of the resource or of a contained one
+                problem = narrative_problem(node)
+                if problem is not None:
+                    structure.append(Issue("error", "value", f"{path}: {problem}", [path]))
+            elif node == "":
                 structure.append(Issue("error", "value", f"{path}: empty strings are not allowed", [path]))
             elif _CONTROL.search(node):
                 structure.append(Issue("error", "value", f"{path}: control characters other than tab, CR and LF "

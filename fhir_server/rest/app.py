@@ -7,6 +7,7 @@ the read path stays close to raw Starlette throughput (docs/decisions.md).
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 from collections.abc import Sequence
 
@@ -19,12 +20,14 @@ from starlette.routing import Route
 from fhir_server import composition
 from fhir_server.access.decision import Policy
 from fhir_server.auth.bearer import authenticate
+from fhir_server.auth.pages import STYLE_HASH
 from fhir_server.auth.principal import ANONYMOUS
 from fhir_server.auth.server import AUTH_ROUTES, fhir_base
 from fhir_server.composition import Services
 from fhir_server.config import Settings
 from fhir_server.fhir import offload
 from fhir_server.fhir.outcome import FhirError
+from fhir_server.ops.headers import HostGuardMiddleware, SecurityHeadersMiddleware
 from fhir_server.ops.observability import ObservabilityMiddleware, configure_logging
 from fhir_server.records.hooks import Hook
 from fhir_server.rest import interaction as interactions
@@ -69,6 +72,10 @@ def create_app(settings: Settings | None = None, *, policies: Sequence[Policy] =
         Route("/fhir/{path:path}", fhir_endpoint, methods=FHIR_METHODS),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_middleware(SecurityHeadersMiddleware, style_hash=STYLE_HASH, hsts_seconds=settings.hsts_seconds,
+                       https_base=(settings.public_base_url or "").startswith("https://"))
+    if not settings.public_base_url and not settings.development:
+        app.add_middleware(HostGuardMiddleware, allowed=settings.allowed_hosts.split(","))
     app.add_middleware(ObservabilityMiddleware)
     return app
 
@@ -193,4 +200,13 @@ async def ready(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
+    """Prometheus metrics, for the holder of FHIR_METRICS_TOKEN only (request counts by interaction
+    and status tell about other users' activity); without a token configured, not served."""
+    settings: Settings = request.app.state.services.settings
+    expected = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+    if not expected:
+        return JSONResponse({"error": "not_found"}, status_code=404)
+    given = request.headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
+        return JSONResponse({"error": "unauthorized"}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
