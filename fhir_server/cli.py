@@ -43,7 +43,7 @@ def uvicorn_options(settings: Settings) -> dict:
         "forwarded_allow_ips": proxies or "",
         "timeout_keep_alive": settings.keep_alive_timeout_seconds,
         "limit_concurrency": settings.limit_concurrency,
-        "h11_max_incomplete_event_size": 64 * 1024,
+        "http": "fhir_server.ops.connections:GuardedHttpToolsProtocol",  # + a header read timeout
         **_tls(settings),
     }
 

@@ -56,12 +56,17 @@ class Settings(BaseSettings):
     trusted_proxies: str = Field(
         "", description="Comma-separated addresses of reverse proxies whose X-Forwarded-For/-Proto are believed "
                         "(uvicorn forwarded_allow_ips); empty: none, the peer address is the client's")
+    header_timeout_seconds: float = Field(10, gt=0, description="A connection whose request headers are not "
+                                                                 "complete this long after it began is closed")
+    body_timeout_seconds: float = Field(60, gt=0, description="Time to send a whole request body (408 beyond)")
     keep_alive_timeout_seconds: int = Field(5, ge=1, description="Idle keep-alive connections are closed after this")
     limit_concurrency: int | None = Field(
         1000, ge=1, description="Connections or tasks per worker beyond which uvicorn answers 503")
     test_crash_after_step: int | None = Field(
         None, description="Tests only: exit the process at the N-th write or commit step (crash injection)")
 
+    cors_origins: str = Field(
+        "", description="Origins of browser apps allowed by CORS (comma-separated; '*' for any); empty: none")
     metrics_token: SecretStr | None = Field(
         None, description="Bearer token that /metrics requires; unset: /metrics is not served")
     hsts_seconds: int = Field(0, ge=0, description="Strict-Transport-Security max-age on https responses (0: none)")

@@ -435,3 +435,56 @@ def test_https_served_directly_with_hsts(ferretdb_uri, tmp_path):
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+# --- connections (item 7) ------------------------------------------------------------------------
+
+def test_half_open_requests_are_closed_and_slow_bodies_are_408(ferretdb_uri):
+    """A client that never finishes its request headers loses the connection (uvicorn alone kept
+    it forever); a body that does not arrive in time is 408. The socket timeouts only guard the test."""
+    import socket
+    from urllib.parse import urlsplit
+
+    s = start_server(ferretdb_uri, {"FHIR_HEADER_TIMEOUT_SECONDS": "0.5", "FHIR_BODY_TIMEOUT_SECONDS": "0.5"})
+    try:
+        port = urlsplit(s.base).port
+        half = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(20)]
+        for conn in half:
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        for conn in half:
+            assert conn.recv(1024) == b""  # closed by the server, without a response
+            conn.close()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            conn.sendall(b"POST /fhir/Patient HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/fhir+json\r\n"
+                         b"Content-Length: 100\r\n\r\n{")
+            reply = conn.recv(65536)
+            assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+        assert httpx.get(s.base + "/health").status_code == 200  # and the server still serves
+    finally:
+        stop_server(s)
+
+
+# --- CORS (item 10) --------------------------------------------------------------------------------
+
+def test_cors_is_configuration(server, ferretdb_uri):
+    app_origin = "https://app.example"
+    preflight = {"Origin": app_origin, "Access-Control-Request-Method": "PUT",
+                 "Access-Control-Request-Headers": "authorization, content-type, if-match, prefer"}
+    r = httpx.get(server.fhir_base + "/metadata", headers={"Origin": app_origin})
+    assert "access-control-allow-origin" not in r.headers  # none by default
+    s = start_server(ferretdb_uri, {"FHIR_CORS_ORIGINS": app_origin})
+    try:
+        r = httpx.options(s.fhir_base + "/Patient/x", headers=preflight)
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == app_origin
+        allowed = r.headers["access-control-allow-headers"].lower()
+        assert all(h in allowed for h in ("authorization", "content-type", "if-match", "prefer"))
+        assert "PUT" in r.headers["access-control-allow-methods"]
+        created = httpx.post(s.fhir_base + "/Patient", json=patient(),
+                             headers={"Origin": app_origin, "Content-Type": "application/fhir+json"})
+        assert created.status_code == 201 and created.headers["access-control-allow-origin"] == app_origin
+        exposed = created.headers["access-control-expose-headers"].lower()
+        assert all(h in exposed for h in ("etag", "location", "content-location", "last-modified"))
+        r = httpx.options(s.fhir_base + "/Patient/x", headers={**preflight, "Origin": "https://evil.example"})
+        assert r.status_code == 400 and "access-control-allow-origin" not in r.headers
+    finally:
+        stop_server(s)

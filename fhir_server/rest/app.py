@@ -11,8 +11,10 @@ import hmac
 import logging
 from collections.abc import Sequence
 
+import anyio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -39,6 +41,9 @@ from fhir_server.rest.result import error_result
 
 log = logging.getLogger("fhir_server")
 FHIR_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+CORS_REQUEST_HEADERS = ["Authorization", "Content-Type", "Accept", "If-Match", "If-None-Match", "If-None-Exist",
+                        "If-Modified-Since", "Prefer", "X-Request-Id", "X-Security-Context"]
+CORS_EXPOSED_HEADERS = ["ETag", "Location", "Content-Location", "Last-Modified", "X-Request-Id"]
 
 
 def create_app(settings: Settings | None = None, *, policies: Sequence[Policy] = (),
@@ -74,6 +79,11 @@ def create_app(settings: Settings | None = None, *, policies: Sequence[Policy] =
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(SecurityHeadersMiddleware, style_hash=STYLE_HASH, hsts_seconds=settings.hsts_seconds,
                        https_base=(settings.public_base_url or "").startswith("https://"))
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:  # browser SMART apps on other origins (README "Hardening / deployment")
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=FHIR_METHODS,
+                           allow_headers=CORS_REQUEST_HEADERS, expose_headers=CORS_EXPOSED_HEADERS,
+                           allow_credentials=False, max_age=600)
     if not settings.public_base_url and not settings.development:
         app.add_middleware(HostGuardMiddleware, allowed=settings.allowed_hosts.split(","))
     app.add_middleware(ObservabilityMiddleware)
@@ -131,16 +141,20 @@ def _base_url(request: Request, settings: Settings) -> str:
     return fhir_base(request, settings)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, seconds: float) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise FhirError(413, "too-costly", f"the request body exceeds the {limit} byte limit")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise FhirError(413, "too-costly", f"the request body exceeds the {limit} byte limit")
-        chunks.append(chunk)
+    try:
+        with anyio.fail_after(seconds):  # a body trickled in byte by byte does not hold the request forever
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise FhirError(413, "too-costly", f"the request body exceeds the {limit} byte limit")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise FhirError(408, "timeout", f"the request body was not received within {seconds:g} s")
     return b"".join(chunks)
 
 
@@ -159,7 +173,8 @@ async def fhir_endpoint(request: Request) -> Response:
         form_search = request.method == "POST" and request.headers.get("content-type", "").startswith(
             "application/x-www-form-urlencoded") and path.endswith("_search")
         limit = services.settings.search_max_body_bytes if form_search else services.settings.max_body_bytes
-        body = await _read_body(request, limit) if request.method in ("POST", "PUT", "PATCH") else None
+        body = await _read_body(request, limit, services.settings.body_timeout_seconds) if request.method in (
+            "POST", "PUT", "PATCH") else None
         headers = {k: v for k, v in request.headers.items()}
         if form_search:
             assert body is not None, "a POST body was read above"
