@@ -57,7 +57,7 @@ def verify_secret(stored_hash: str | None, secret: str) -> bool:
 
 async def verify_secret_off_loop(stored_hash: str | None, secret: str) -> bool:
     """`verify_secret` on the CPU pool (argon2 takes tens of milliseconds; it releases the GIL)."""
-    return await offload.run(verify_secret, stored_hash, secret)
+    return await offload.run(verify_secret, stored_hash, secret, hashing=True)
 
 
 def disable_revocation_until(settings) -> datetime:

@@ -34,16 +34,25 @@ class _Pool:
         self.threads = 2
         self.max_waiting = 64
         self._limiter: anyio.CapacityLimiter | None = None
+        self._hashing: anyio.CapacityLimiter | None = None
 
     def configure(self, threads: int, max_waiting: int) -> None:
         self.threads, self.max_waiting = threads, max_waiting
         self._limiter = None  # made again, in the running event loop, on first use
+        self._hashing = None
 
     @property
     def limiter(self) -> anyio.CapacityLimiter:
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self.threads)
         return self._limiter
+
+    @property
+    def hashing(self) -> anyio.CapacityLimiter:
+        """argon2 uses several cores and 64 MiB per call: one at a time per worker."""
+        if self._hashing is None:
+            self._hashing = anyio.CapacityLimiter(1)
+        return self._hashing
 
 
 POOL = _Pool()
@@ -53,9 +62,10 @@ def configure(threads: int, max_waiting: int) -> None:
     POOL.configure(threads, max_waiting)
 
 
-async def run(fn: Callable[..., T], *args) -> T:
-    """`fn(*args)` on the CPU pool; raises Overloaded when too many calls wait already."""
-    limiter = POOL.limiter
+async def run(fn: Callable[..., T], *args, hashing: bool = False) -> T:
+    """`fn(*args)` on the CPU pool (`hashing`: the one-at-a-time lane for argon2); raises
+    Overloaded when too many calls wait already."""
+    limiter = POOL.hashing if hashing else POOL.limiter
     if limiter.borrowed_tokens >= limiter.total_tokens and limiter.statistics().tasks_waiting >= POOL.max_waiting:
         raise Overloaded
     return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)

@@ -8,6 +8,7 @@ refuse it up front instead of applying half of it.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from urllib.parse import parse_qsl, urlsplit
@@ -106,6 +107,7 @@ async def _entry_result(ctx: RequestContext, ix: Interaction, dispatch) -> dict:
 async def _batch(ctx: RequestContext, ix: Interaction, entries: list, sizes: list[int], dispatch) -> Result:
     out = []
     for i, entry in enumerate(entries):
+        await asyncio.sleep(0)  # entries refused without I/O never suspend: let other requests run
         try:
             entry_ix = _entry_interaction(ctx, ix, entry, i, sizes[i])
             if entry_ix.kind == BUNDLE:
@@ -135,6 +137,7 @@ async def _transaction(ctx: RequestContext, ix: Interaction, entries: list, size
     async with ctx.data.unit() as unit:
         tctx = ctx.in_unit(unit)
         for i in order:
+            await asyncio.sleep(0)
             result = await dispatch(tctx, parsed[i])
             if result.status >= 400:
                 raise FhirError(result.status, result.resource["issue"][0]["code"],
