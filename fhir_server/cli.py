@@ -33,6 +33,33 @@ def _exit_cleanly(signum, frame) -> None:
     raise SystemExit(0)
 
 
+def uvicorn_options(settings: Settings) -> dict:
+    """Connection hardening and proxy trust for uvicorn (README "Hardening / deployment")."""
+    proxies = settings.trusted_proxies.strip()
+    return {
+        # X-Forwarded-For/-Proto are believed only from the configured proxies (none by default):
+        # otherwise any peer could pick the address the throttles count under
+        "proxy_headers": bool(proxies),
+        "forwarded_allow_ips": proxies or "",
+        "timeout_keep_alive": settings.keep_alive_timeout_seconds,
+        "limit_concurrency": settings.limit_concurrency,
+        "http": "fhir_server.ops.connections:GuardedHttpToolsProtocol",  # + a header read timeout
+        **_tls(settings),
+    }
+
+
+def _tls(settings: Settings) -> dict:
+    """HTTPS served by uvicorn itself, for deployments without a TLS-terminating proxy."""
+    if settings.ssl_certfile is None:
+        return {}
+    out: dict = {"ssl_certfile": str(settings.ssl_certfile)}
+    if settings.ssl_keyfile is not None:
+        out["ssl_keyfile"] = str(settings.ssl_keyfile)
+    if settings.ssl_keyfile_password is not None:
+        out["ssl_keyfile_password"] = settings.ssl_keyfile_password.get_secret_value()
+    return out
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -78,8 +105,11 @@ def _serve(args: argparse.Namespace) -> int:
         if args.fd is not None:
             _tcp_nodelay(args.fd)
         where = {"fd": args.fd} if args.fd is not None else {"host": host, "port": port}
+        from fhir_server.ops.observability import configure_logging
+
+        configure_logging(settings.log_level)  # log_config=None: uvicorn's loggers keep our JSON handler
         uvicorn.run("fhir_server.rest.app:create_app", factory=True, workers=workers, log_level="warning",
-                    access_log=False, lifespan="on", **where)
+                    log_config=None, access_log=False, lifespan="on", **where, **uvicorn_options(settings))
     finally:
         if epoch_file is not None:
             Path(epoch_file).unlink(missing_ok=True)
@@ -203,7 +233,7 @@ def _read_password(args: argparse.Namespace) -> str:
 
 
 def _users(args: argparse.Namespace) -> int:
-    from fhir_server.auth.stores import MongoUserDirectory, User
+    from fhir_server.auth.stores import MongoUserDirectory, StateStore, User, disable_revocation_until
 
     password = _read_password(args) if args.action == "add" else None
 
@@ -222,6 +252,8 @@ def _users(args: argparse.Namespace) -> int:
             if not await users.set_disabled(args.username, args.action == "disable"):
                 print(f"error: no user '{args.username}'", file=sys.stderr)
                 return 1
+            if args.action == "disable":  # and every token they hold stops working
+                await StateStore(db).revoke_user(args.username, disable_revocation_until(Settings()))
             print(f"{args.action}d {args.username}")
         return 0
 

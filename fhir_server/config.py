@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -29,14 +30,55 @@ class Settings(BaseSettings):
         "postgresql", description="Storage of the embedded FerretDB: a private PostgreSQL cluster (indexed "
                                   "searches) or SQLite (lighter; searches scan)")
     max_body_bytes: int = Field(32 * 1024 * 1024, description="Largest request body accepted")
+    max_resource_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, le=12 * 1024 * 1024,
+        description="Largest resource stored (its JSON, without a Binary's content, which goes to GridFS); "
+                    "MongoDB documents hold at most 16 MB with the index fields")
+    search_max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest POST [type]/_search form body")
+    max_bundle_entries: int = Field(1000, ge=1, description="Most entries in a batch or transaction Bundle")
+    cpu_threads: int = Field(2, ge=1, description="Threads per worker for CPU-heavy work (large bodies, argon2)")
+    cpu_max_waiting: int = Field(32, ge=0, description="CPU-heavy calls that may wait for a thread; more: 503")
     binary_inline_max_bytes: int = Field(
         256 * 1024, description="Binary content above this size is kept in GridFS and streamed"
     )
     default_page_size: int = Field(50, ge=1)
-    max_page_size: int = Field(1000, ge=1)
+    max_page_size: int = Field(1000, ge=1, description="Largest page; a larger _count is lowered to it")
+    # what one search may ask (over a cap: 400 too-costly; docs/decisions.md "Hardening")
+    search_max_params: int = Field(64, ge=1, description="Search parameters (criteria) per search")
+    search_max_values: int = Field(500, ge=1, description="Values (ORed by commas) in all parameters of a search")
+    search_max_chain_depth: int = Field(4, ge=1, le=4, description="Chain links (and _has levels) in one parameter")
+    search_max_has_depth: int = Field(2, ge=1, le=4, description="Nested _has levels in one parameter")
+    search_max_includes: int = Field(10, ge=0, description="_include plus _revinclude parameters per search")
+    db_time_budget_ms: float = Field(
+        10000, gt=0, description="Database time one read, search or history may use (MongoDB maxTimeMS through "
+                                 "PyMongo's timeout()); over it: 503 too-costly")
     log_level: str = Field("INFO")
+    trusted_proxies: str = Field(
+        "", description="Comma-separated addresses of reverse proxies whose X-Forwarded-For/-Proto are believed "
+                        "(uvicorn forwarded_allow_ips); empty: none, the peer address is the client's")
+    header_timeout_seconds: float = Field(10, gt=0, description="A connection whose request headers are not "
+                                                                 "complete this long after it began is closed")
+    body_timeout_seconds: float = Field(60, gt=0, description="Time to send a whole request body (408 beyond)")
+    keep_alive_timeout_seconds: int = Field(5, ge=1, description="Idle keep-alive connections are closed after this")
+    limit_concurrency: int | None = Field(
+        1000, ge=1, description="Connections or tasks per worker beyond which uvicorn answers 503")
     test_crash_after_step: int | None = Field(
         None, description="Tests only: exit the process at the N-th write or commit step (crash injection)")
+
+    cors_origins: str = Field(
+        "", description="Origins of browser apps allowed by CORS (comma-separated; '*' for any); empty: none")
+    metrics_token: SecretStr | None = Field(
+        None, description="Bearer token that /metrics requires; unset: /metrics is not served")
+    hsts_seconds: int = Field(0, ge=0, description="Strict-Transport-Security max-age on https responses (0: none)")
+    ssl_certfile: Path | None = Field(None, description="Serve HTTPS directly: the certificate chain (PEM)")
+    ssl_keyfile: Path | None = Field(None, description="… and its private key (PEM)")
+    ssl_keyfile_password: SecretStr | None = Field(None, description="… and the key's password, if any")
+    allowed_hosts: str = Field(
+        "127.0.0.1,localhost,::1", description="Without FHIR_PUBLIC_BASE_URL, the Host names served (comma-separated; "
+                                               "'*': any); other Hosts get 400")
+    development: bool = Field(
+        False, description="Development conveniences that are unsafe elsewhere (http jwks_uri of clients, "
+                           "any Host header deciding the published URLs)")
 
     # authorization (SMART App Launch; README "Authorization")
     insecure_dev_mode: bool = Field(
@@ -50,8 +92,12 @@ class Settings(BaseSettings):
     online_refresh_seconds: int = Field(12 * 3600, description="Lifetime of online_access refresh tokens")
     signing_key_rotation_days: int = Field(30, ge=1, description="Age at which the token signing key is replaced")
     revocation_cache_seconds: float = Field(1.0, ge=0, description="How long a worker trusts its revocation list")
-    login_max_failures: int = Field(5, ge=1, description="Failed sign-ins per user name before throttling "
-                                                         "(four times as many per client address)")
+    login_max_failures: int = Field(5, ge=1, description="Sign-in attempts per user name and window before "
+                                                         "throttling (a success forgives)")
+    client_max_failures: int = Field(10, ge=1, description="client_secret checks per client id and window")
+    address_max_attempts: int = Field(
+        200, ge=1, description="Secret checks (sign-ins, client secrets) per client address and window; high, "
+                               "because a hospital's users may share one NAT address")
     # patient consent (README "Patient control"; fhir_server/access/consent.py)
     consent_default_policy: Literal["deny-except-btg", "deny"] = Field(
         "deny-except-btg", description="What applies when no Consent of the patient speaks for a professional "
@@ -63,7 +109,7 @@ class Settings(BaseSettings):
                             "host when `serve` started the embedded engine, else database")
     break_glass_seconds: int = Field(4 * 3600, ge=60, description="How long an emergency (break-glass) access "
                                                                   "declared for one patient lasts")
-    login_throttle_window_seconds: int = Field(900, description="Throttling window for failed sign-ins")
+    login_throttle_window_seconds: int = Field(900, ge=1, description="Throttling window for secret checks")
 
     def redacted(self) -> dict:
         out = self.model_dump(mode="json")
@@ -72,8 +118,22 @@ class Settings(BaseSettings):
         return out
 
 
+_SECRET_OPTION = re.compile(r"pass|secret|token|key|credential|authmechanismproperties", re.IGNORECASE)
+
+
 def _redact_uri(uri: str) -> str:
+    """The URI without its user info, and without the values of options that may carry secrets
+    (`tlsCertificateKeyFilePassword`, `authMechanismProperties=AWS_SESSION_TOKEN:…`)."""
     scheme, sep, rest = uri.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.split("@", 1)[1]
-    return scheme + sep + rest
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    authority, path = rest[:end], rest[end:]
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    hosts, q, query = (authority + path).partition("?")
+    if q:
+        parts = []
+        for part in query.split("&"):
+            name, eq, _ = part.partition("=")
+            parts.append(f"{name}=***" if eq and _SECRET_OPTION.search(name) else part)
+        query = "&".join(parts)
+    return scheme + sep + hosts + q + query

@@ -28,6 +28,8 @@ FHIR_JSON = "application/fhir+json"
 # Small limits so the tests reach the GridFS and body-size paths with small payloads.
 TEST_INLINE_MAX = 4096
 TEST_MAX_BODY = 2 * 1024 * 1024
+TEST_METRICS_TOKEN = "metrics-test-token"
+TEST_MAX_RESOURCE = 1024 * 1024  # below TEST_MAX_BODY, so a large Binary and an oversized resource both fit a body
 
 
 @pytest.fixture(scope="session")
@@ -84,11 +86,14 @@ def start_server(mongodb_uri: str, extra_env: dict[str, str] | None = None, stde
     database = "t_" + uuid.uuid4().hex[:12]
     env = {**os.environ, "FHIR_MONGODB_URI": mongodb_uri, "FHIR_DATABASE": database,
            "FHIR_BINARY_INLINE_MAX_BYTES": str(TEST_INLINE_MAX), "FHIR_MAX_BODY_BYTES": str(TEST_MAX_BODY),
+           "FHIR_MAX_RESOURCE_BYTES": str(TEST_MAX_RESOURCE),
+           "FHIR_METRICS_TOKEN": TEST_METRICS_TOKEN,
            "FHIR_LOG_LEVEL": "WARNING",
            # These servers test FHIR semantics, not authorization: requests without a token get full
            # access. Servers that test authorization pass {"FHIR_INSECURE_DEV_MODE": "false"} (tests/auth_helpers.py).
            "FHIR_INSECURE_DEV_MODE": "true", **(extra_env or {})}
-    env.pop("FHIR_PUBLIC_BASE_URL", None)
+    if "FHIR_PUBLIC_BASE_URL" not in (extra_env or {}):
+        env.pop("FHIR_PUBLIC_BASE_URL", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "fhir_server.cli", "serve", "--fd", str(sock.fileno())],
         pass_fds=(sock.fileno(),), env=env, cwd=ROOT, stderr=stderr,

@@ -16,7 +16,7 @@ import uvicorn
 
 from fhir_server.config import Settings
 from fhir_server.rest.app import create_app
-from tests.conftest import TEST_INLINE_MAX, TEST_MAX_BODY
+from tests.conftest import TEST_INLINE_MAX, TEST_MAX_BODY, TEST_MAX_RESOURCE
 
 
 @dataclass
@@ -45,6 +45,7 @@ class InProcessServer:
         self.base = f"http://127.0.0.1:{sock.getsockname()[1]}"
         settings = Settings(mongodb_uri=self.mongodb_uri, database=self.database, insecure_dev_mode=self.insecure,
                             binary_inline_max_bytes=TEST_INLINE_MAX, max_body_bytes=TEST_MAX_BODY,
+                            max_resource_bytes=TEST_MAX_RESOURCE,
                             log_level="WARNING", _env_file=None)
         app = create_app(settings, policies=self.policies, hooks=self.hooks)
         self._server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False))

@@ -9,12 +9,14 @@ import sys
 def test_health_ready_metrics(server, fhir):
     import httpx
 
+    from tests.conftest import TEST_METRICS_TOKEN
+
     with httpx.Client(base_url=server.base) as c:
         assert c.get("/health").json() == {"status": "ok"}
         ready = c.get("/ready")
         assert ready.status_code == 200 and ready.json()["engine"] == "ferretdb"
         fhir.get("/metadata")
-        metrics = c.get("/metrics").text
+        metrics = c.get("/metrics", headers={"Authorization": f"Bearer {TEST_METRICS_TOKEN}"}).text
         assert 'fhir_requests_total{interaction="capabilities",method="GET",status="200"}' in metrics
         assert "fhir_request_seconds_bucket" in metrics
 

@@ -36,6 +36,12 @@ class KeyStore:
         self._keys = [(d["_id"], jwk.RSAKey.import_key(d["jwk"])) for d in docs]
         self._loaded_at = time.monotonic()
 
+    async def reload(self) -> None:
+        """Re-read the keys (another process rotated or removed one); a store left empty gets a new key."""
+        await self.load()
+        if not self._keys:
+            await self.rotate()
+
     async def ensure_current(self) -> None:
         """Load the keys; create the first one, or rotate when the newest is too old."""
         await self.load()

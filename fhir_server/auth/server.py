@@ -18,6 +18,7 @@ request-object based (docs/decisions.md, "Authorization server").
 from __future__ import annotations
 
 import base64
+import json
 import re
 import time
 import uuid
@@ -26,6 +27,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Literal, Protocol, cast, overload
 from urllib.parse import unquote, urlencode, urlsplit
 
+import anyio
 import httpx
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from joserfc import jws, jwt
@@ -47,9 +49,10 @@ from fhir_server.auth.stores import (
     UserDirectory,
     new_token,
     utcnow,
-    verify_secret,
+    verify_secret_off_loop,
 )
 from fhir_server.auth.tokens import InvalidToken, TokenService
+from fhir_server.fhir import offload
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_ALGS = ["RS384", "ES384"]
@@ -74,6 +77,9 @@ FLOW_COOKIE = "fhir_auth_flow"
 PURPOSE_PARAM = "purpose_of_use"
 REASON_PARAM = "btg_reason"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+JWKS_TIMEOUT = 5.0  # seconds for a whole client JWKS fetch
+JWKS_MAX_BYTES = 64 * 1024
+JWKS_FAILURE_SECONDS = 60  # a failed fetch is not retried sooner
 
 
 def fhir_base(request: Request, settings) -> str:
@@ -173,7 +179,7 @@ class AuthServer:
         self.state = StateStore(db)
         self.keys = KeyStore(db, settings.signing_key_rotation_days)
         self.tokens = TokenService(self.keys, self.state, settings.revocation_cache_seconds)
-        self._jwks_cache: dict[str, tuple[float, KeySet]] = {}
+        self._jwks_cache: dict[str, tuple[float, KeySet | None]] = {}
 
     async def start(self) -> None:
         await self.keys.ensure_current()
@@ -283,23 +289,21 @@ class AuthServer:
         rid, doc, client = pending
         username = str(form.get("username") or "")[:200]
         password = str(form.get("password") or "")
-        ip = request.client.host if request.client else "-"
-        keys = ["user:" + username.lower(), "ip:" + ip]
         window = self.settings.login_throttle_window_seconds
-        limit = self.settings.login_max_failures
-        # one account: `limit` failures; one address (which many users may share): four times that
-        if (await self.state.failures_for(keys[:1], window) >= limit
-                or await self.state.failures_for(keys[1:], window) >= 4 * limit):
+        # one account: `login_max_failures` attempts per window; one address, which a whole hospital
+        # may share behind NAT, a much higher budget (docs/decisions.md, "Throttling secrets")
+        counted = await self._count_attempts(request, "user:" + username.lower(), self.settings.login_max_failures)
+        if counted is None:
             return HTMLResponse(pages.login_page(rid, client.name or client.client_id,
                                                  "Too many failed attempts. Wait a few minutes and try again.",
                                                  username), 429, headers={**NO_STORE, "Retry-After": str(window)})
         user = await self.users.authenticate(username, password)
         if user is None:
-            await self.state.record_failure(keys, window)
             return HTMLResponse(pages.login_page(rid, client.name or client.client_id,
                                                  "The user name or password is incorrect.", username), 401,
                                 headers=NO_STORE)
-        await self.state.clear_failures(["user:" + username.lower()])
+        await self.state.forgive(counted[1:])
+        await self.state.clear_attempts("user:" + username.lower(), window)
         if user.role == "practitioner":
             linked = await self._link_by_rpps(user)
             if linked is None:
@@ -313,7 +317,10 @@ class AuthServer:
         await self.state.update_request(rid, {"user": user.username, "flow": digest(flow)})
         response = await self._approval(rid, doc["params"], client, user)
         response.set_cookie(FLOW_COOKIE, flow, max_age=self.settings.authorization_request_seconds, httponly=True,
-                            samesite="lax", path="/auth", secure=request.url.scheme == "https")
+                            samesite="lax", path="/auth",
+                            # behind a TLS-terminating proxy the request itself may be plain http
+                            secure=request.url.scheme == "https" or fhir_base(request, self.settings).startswith(
+                                "https://"))
         return response
 
     def _needs_picker(self, params: dict, user: User) -> bool:
@@ -425,14 +432,14 @@ class AuthServer:
             except Exception:
                 raise OAuthError("invalid_client", "malformed Basic credentials", 401,
                                  {"WWW-Authenticate": 'Basic realm="fhir-auth"'})
-            return await self._check_secret(unquote(cid), unquote(secret))
+            return await self._check_secret(request, unquote(cid), unquote(secret))
         if form.get("client_assertion_type") or form.get("client_assertion"):
             if form.get("client_assertion_type") != JWT_BEARER:
                 raise OAuthError("invalid_client", "client_assertion_type must be " + JWT_BEARER, 401)
             return await self._check_assertion(str(form.get("client_assertion") or ""), token_url,
                                                form.get("client_id"))
         if form.get("client_secret"):
-            return await self._check_secret(str(form.get("client_id") or ""), str(form["client_secret"]))
+            return await self._check_secret(request, str(form.get("client_id") or ""), str(form["client_secret"]))
         cid = form.get("client_id")
         if not cid:
             if required:
@@ -445,27 +452,71 @@ class AuthServer:
             raise OAuthError("invalid_client", "this client must authenticate", 401)
         return client
 
-    async def _check_secret(self, cid: str, secret: str) -> Client:
+    async def _count_attempts(self, request: Request, key: str, limit: int) -> list[str] | None:
+        """Count one secret check against `key` (an account or a client id, `limit` per window) and
+        against the caller's address (`address_max_attempts`), before checking anything: None when
+        either is over its budget, else the counters' ids (to forgive a right secret)."""
+        window = self.settings.login_throttle_window_seconds
+        address = "ip:" + (request.client.host if request.client else "-")
+        key_slot = await self.state.count_attempt(key, window, limit)
+        address_slot = await self.state.count_attempt(address, window, self.settings.address_max_attempts)
+        if key_slot is None or address_slot is None:
+            return None
+        return [key_slot, address_slot]
+
+    async def _check_secret(self, request: Request, cid: str, secret: str) -> Client:
+        failed = OAuthError("invalid_client", "client authentication failed", 401,
+                            {"WWW-Authenticate": 'Basic realm="fhir-auth"'})
+        counted = await self._count_attempts(request, "client:" + cid[:200], self.settings.client_max_failures)
+        if counted is None:
+            raise OAuthError("invalid_client", "too many failed client authentications; try again later", 429,
+                             {"Retry-After": str(self.settings.login_throttle_window_seconds)})
         client = await self.clients.get(cid)
-        if client is None or client.kind != "confidential-symmetric" or not verify_secret(client.secret_hash, secret):
-            raise OAuthError("invalid_client", "client authentication failed", 401,
-                             {"WWW-Authenticate": 'Basic realm="fhir-auth"'})
+        symmetric = client is not None and client.kind == "confidential-symmetric"
+        # the same argon2 work whether or not the client exists (no client-id enumeration by timing)
+        try:
+            ok = await verify_secret_off_loop(client.secret_hash if symmetric and client else None, secret)
+        except offload.Overloaded:
+            raise OAuthError("temporarily_unavailable", "the server is busy; try again shortly", 503,
+                             {"Retry-After": "1"})
+        if not ok or client is None:
+            raise failed
+        await self.state.forgive(counted)
         return client
 
     async def _client_keys(self, client: Client) -> KeySet:
         if client.jwks:
             return KeySet.import_key_set(cast(KeySetSerialization, client.jwks))  # a JWKS, checked on import
-        cached = self._jwks_cache.get(client.jwks_uri or "")
-        if cached and cached[0] > time.monotonic():
-            return cached[1]
         jwks_uri = client.jwks_uri
         assert jwks_uri is not None, "a client registered for private_key_jwt has a JWKS or a JWKS URL"
-        async with httpx.AsyncClient(timeout=10) as http:
-            r = await http.get(jwks_uri)
-            r.raise_for_status()
-            keys = KeySet.import_key_set(r.json())
+        cached = self._jwks_cache.get(jwks_uri)
+        if cached and cached[0] > time.monotonic():
+            if cached[1] is None:
+                raise ValueError("the client's JWKS could not be fetched recently")
+            return cached[1]
+        if not jwks_uri.startswith("https://") and not self.settings.development:
+            raise ValueError("the client's jwks_uri must be https")
+        try:
+            keys = await self._fetch_jwks(jwks_uri)
+        except (httpx.HTTPError, ValueError, JoseError):
+            self._jwks_cache[jwks_uri] = (time.monotonic() + JWKS_FAILURE_SECONDS, None)  # failures are cached too
+            raise ValueError("the client's JWKS could not be fetched")
         self._jwks_cache[jwks_uri] = (time.monotonic() + 300, keys)
         return keys
+
+    @staticmethod
+    async def _fetch_jwks(jwks_uri: str) -> KeySet:
+        """GET a client's JWKS: no redirects, at most JWKS_MAX_BYTES, JWKS_TIMEOUT seconds in all."""
+        with anyio.fail_after(JWKS_TIMEOUT):
+            async with httpx.AsyncClient(timeout=JWKS_TIMEOUT, follow_redirects=False) as http:
+                async with http.stream("GET", jwks_uri, headers={"Accept": "application/json"}) as r:
+                    r.raise_for_status()
+                    body = b""
+                    async for chunk in r.aiter_bytes():
+                        body += chunk
+                        if len(body) > JWKS_MAX_BYTES:
+                            raise ValueError("the JWKS is too large")
+        return KeySet.import_key_set(json.loads(body))
 
     async def _check_assertion(self, assertion: str, token_url: str, form_client_id) -> Client:
         """private_key_jwt (SMART Backend Services, RFC 7523): RS384/ES384, iss = sub = client_id,
@@ -475,9 +526,11 @@ class AuthServer:
 
         try:
             obj = jws.extract_compact(assertion.encode("ascii"))
-            header, unverified = obj.headers(), __import__("json").loads(obj.payload)
+            header, unverified = obj.headers(), json.loads(obj.payload)
         except Exception:
-            raise bad("the client assertion is not a JWT")
+            raise OAuthError("invalid_client", "the client assertion is not a JWT", 400)
+        if not isinstance(header, dict) or not isinstance(unverified, dict):
+            raise OAuthError("invalid_client", "the client assertion's header and payload must be JSON objects", 400)
         if header.get("alg") not in ASSERTION_ALGS:
             raise bad("the client assertion must be signed with RS384 or ES384")
         cid = unverified.get("iss")
@@ -489,7 +542,11 @@ class AuthServer:
         try:
             keys = await self._client_keys(client)
             claims = jwt.decode(assertion, keys, algorithms=ASSERTION_ALGS).claims
-        except (JoseError, ValueError, KeyError, httpx.HTTPError):
+        except ValueError as exc:
+            if "jwks" in str(exc).lower():
+                raise bad(str(exc))
+            raise bad("the client assertion's signature does not verify with the client's registered keys")
+        except (JoseError, KeyError, TypeError, httpx.HTTPError):
             raise bad("the client assertion's signature does not verify with the client's registered keys")
         aud = claims.get("aud")
         if not (aud == token_url or (isinstance(aud, list) and token_url in aud)):
@@ -542,6 +599,9 @@ class AuthServer:
         verifier = str(form.get("code_verifier") or "")
         if not _VERIFIER_RE.fullmatch(verifier) or create_s256_code_challenge(verifier) != grant["code_challenge"]:
             raise OAuthError("invalid_grant", "the PKCE code_verifier does not match the code_challenge")
+        user = await self.users.get(grant["user"])
+        if user is None or user.disabled:
+            raise OAuthError("invalid_grant", "the user's account is disabled")
         return await self._issue(request, client, grant, refresh=True)
 
     async def _refresh_grant(self, request: Request, form) -> dict:
@@ -649,10 +709,12 @@ class AuthServer:
 
     async def introspect(self, request: Request) -> Response:
         form = await request.form()
-        try:
+        try:  # RFC 7662 §2.1: a confidential client, or a resource server's own backend-services token
             client = await self._authenticate_client(request, form, required=False)
             if client is None:
                 await self._bearer_caller(request)
+            elif not client.confidential:
+                raise OAuthError("invalid_client", "introspection needs a confidential client's credentials", 401)
         except OAuthError as err:
             return err.response()
         token = str(form.get("token") or "")
@@ -686,9 +748,13 @@ class AuthServer:
         if auth[:7].lower() != "bearer ":
             raise OAuthError("invalid_client", "introspection needs client authentication or a bearer token", 401)
         try:
-            return await self.tokens.verify(auth[7:].strip(), None, self._urls(request)[1])
+            claims = await self.tokens.verify(auth[7:].strip(), None, self._urls(request)[1])
         except InvalidToken as exc:
             raise OAuthError("invalid_token", str(exc), 401)
+        if claims.get("grant") or claims.get("sub") != claims.get("client_id"):
+            # an app's token acts for a user: it must not scan other tokens
+            raise OAuthError("invalid_client", "introspection needs a resource server's backend-services token", 401)
+        return claims
 
     async def revoke(self, request: Request) -> Response:
         form = await request.form()

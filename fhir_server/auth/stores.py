@@ -23,6 +23,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
+from fhir_server.fhir import offload
 from fhir_server.fhir.identifiers import rpps_problem
 
 ROLES = ("patient", "practitioner", "admin")
@@ -32,18 +33,38 @@ CLIENT_KINDS = ("public", "confidential-symmetric", "confidential-asymmetric")
 _hasher = PasswordHasher(time_cost=3, memory_cost=64 * 1024, parallelism=4)
 
 
+_dummy_hash: list[str] = []
+
+
 def hash_secret(secret: str) -> str:
     return _hasher.hash(secret)
 
 
 def verify_secret(stored_hash: str | None, secret: str) -> bool:
+    """Constant work: an unknown account or client is checked against a dummy hash of the same
+    parameters, so the time taken does not tell whether the name exists."""
     if not stored_hash:
-        _hasher.hash(secret)  # spend the same time whether or not the account exists
-        return False
+        if not _dummy_hash:
+            _dummy_hash.append(_hasher.hash(secrets.token_urlsafe(16)))
+        stored_hash = _dummy_hash[0]
+        known = False
+    else:
+        known = True
     try:
-        return _hasher.verify(stored_hash, secret)
+        return _hasher.verify(stored_hash, secret) and known
     except (VerificationError, InvalidHashError):
         return False
+
+
+async def verify_secret_off_loop(stored_hash: str | None, secret: str) -> bool:
+    """`verify_secret` on the CPU pool (argon2 takes tens of milliseconds; it releases the GIL)."""
+    return await offload.run(verify_secret, stored_hash, secret, hashing=True)
+
+
+def disable_revocation_until(settings) -> datetime:
+    """How long a disabled user's revocation must last: as long as any token issued to them."""
+    return utcnow() + timedelta(seconds=max(settings.access_token_seconds, settings.offline_refresh_seconds,
+                                            settings.online_refresh_seconds) + 60)
 
 
 def digest(token: str) -> str:
@@ -127,8 +148,8 @@ class MongoUserDirectory:
 
     async def authenticate(self, username: str, password: str) -> User | None:
         doc = await self.col.find_one({"_id": username})
-        ok = verify_secret(doc.get("password") if doc else None, password)
-        if not ok or doc.get("disabled"):
+        ok = await verify_secret_off_loop(doc.get("password") if doc else None, password)
+        if not ok or doc is None or doc.get("disabled"):
             return None
         return self._user(doc)
 
@@ -304,8 +325,25 @@ class StateStore:
         await self.refresh.update_many({"grant": grant_id}, {"$set": {"used": True}})
 
     async def revoked_keys(self) -> set[str]:
-        now = utcnow()
-        return {d["_id"] async for d in self.revoked.find({"exp": {"$gt": now}}, projection={"_id": 1})}
+        return (await self.revocations())[0]
+
+    async def revocations(self) -> tuple[set[str], dict[str, float]]:
+        """(revoked jti:/grant: keys, user name -> every token of theirs issued at or before this epoch
+        second is revoked)."""
+        keys: set[str] = set()
+        subjects: dict[str, float] = {}
+        async for d in self.revoked.find({"exp": {"$gt": utcnow()}}, projection={"_id": 1, "before": 1}):
+            if d["_id"].startswith("sub:"):
+                subjects[d["_id"][4:]] = float(d.get("before", 0))
+            else:
+                keys.add(d["_id"])
+        return keys, subjects
+
+    async def revoke_user(self, username: str, until: datetime) -> None:
+        """Every token issued to `username` so far: access tokens (by their iat) and refresh tokens."""
+        await self.revoked.update_one({"_id": "sub:" + username},
+                                      {"$set": {"exp": until, "before": utcnow().timestamp()}}, upsert=True)
+        await self.refresh.update_many({"user": username}, {"$set": {"used": True}})
 
     # client assertion replay protection
     async def first_use_of_jti(self, key: str, exp: datetime) -> bool:
@@ -315,28 +353,41 @@ class StateStore:
         except DuplicateKeyError:
             return False
 
-    # login throttling
-    async def failures_for(self, keys: list[str], window: int) -> int:
-        since = utcnow() - timedelta(seconds=window)
-        worst = 0
-        async for d in self.failures.find({"_id": {"$in": keys}}):
-            if _aware(d["first"]) >= since:
-                worst = max(worst, int(d.get("count", 0)))
-        return worst
-
-    async def record_failure(self, keys: list[str], window: int) -> None:
+    # throttling of everything that checks a secret (sign-in, client secrets)
+    #
+    # Each attempt reserves a slot: a document `key|window|slot` inserted under its unique _id, before
+    # the secret is checked, so parallel guesses cannot all pass a check made before any was counted.
+    # A unique insert is atomic on every engine; a `$inc` is not on FerretDB v1 (40 concurrent
+    # find_one_and_update $inc left the counter at 3: docs/mongodb-compat.md).
+    async def count_attempt(self, key: str, window: int, limit: int) -> str | None:
+        """Reserve one of the `limit` attempts of `key` in the current fixed window: the slot's id,
+        or None when all are taken."""
         now = utcnow()
-        for key in keys:
-            doc = await self.failures.find_one({"_id": key})
-            if doc is None or _aware(doc["first"]) < now - timedelta(seconds=window):
-                await self.failures.replace_one({"_id": key}, {"_id": key, "first": now, "count": 1}, upsert=True)
-            else:
-                await self.failures.update_one({"_id": key}, {"$inc": {"count": 1}})
+        prefix = f"{key}|{int(now.timestamp()) // window}|"
+        taken = await self.failures.count_documents({"_id": {"$gte": prefix + "0", "$lt": prefix + ":"}})
+        if taken >= limit:
+            return None
+        exp = now + timedelta(seconds=2 * window)
+        for slot in [*range(taken, limit), *range(taken)]:  # the lower ones: slots freed by `forgive`
+            sid = f"{prefix}{slot:09d}"
+            try:
+                await self.failures.insert_one({"_id": sid, "exp": exp})
+                return sid
+            except DuplicateKeyError:
+                continue  # a concurrent attempt took it
+        return None
 
-    async def clear_failures(self, keys: list[str]) -> None:
-        await self.failures.delete_many({"_id": {"$in": keys}})
+    async def forgive(self, slot_ids: list[str]) -> None:
+        """Give back the slots of attempts whose secret was right."""
+        await self.failures.delete_many({"_id": {"$in": slot_ids}})
+
+    async def clear_attempts(self, key: str, window: int) -> None:
+        bucket = int(utcnow().timestamp()) // window
+        for b in (bucket, bucket - 1):
+            prefix = f"{key}|{b}|"
+            await self.failures.delete_many({"_id": {"$gte": prefix + "0", "$lt": prefix + ":"}})
 
     async def purge_expired(self) -> None:
         now = utcnow()
-        for col in (self.requests, self.codes, self.launches, self.refresh, self.revoked, self.jtis):
+        for col in (self.requests, self.codes, self.launches, self.refresh, self.revoked, self.jtis, self.failures):
             await col.delete_many({"exp": {"$lt": now}})

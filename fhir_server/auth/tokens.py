@@ -33,9 +33,10 @@ class TokenService:
         self.keys = keys
         self.state = state
         self.revocation_ttl = revocation_ttl
-        self._cache: OrderedDict[str, dict] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[dict, str]] = OrderedDict()  # token -> (claims, kid)
         self._cache_size = cache_size
         self._revoked: set[str] = set()
+        self._revoked_users: dict[str, float] = {}
         self._revoked_at = 0.0
 
     # --- issuing ---------------------------------------------------------------------------------
@@ -72,45 +73,56 @@ class TokenService:
     # --- validation ------------------------------------------------------------------------------
 
     async def _refresh_revocations(self) -> None:
+        """Re-read revocations, and the signing keys (a key removed from the store must stop
+        validating the tokens it signed, cached ones included), at most every revocation_ttl."""
         now = time.monotonic()
         if now - self._revoked_at > self.revocation_ttl:
-            self._revoked = await self.state.revoked_keys()
+            self._revoked, self._revoked_users = await self.state.revocations()
+            await self.keys.reload()
             self._revoked_at = now
 
     def note_revoked(self, key: str) -> None:
         self._revoked.add(key)
 
     def is_revoked(self, claims: dict) -> bool:
+        if "grant" in claims and claims.get("sub") in self._revoked_users:  # a user's token (disabled user)
+            if claims.get("iat", 0) <= self._revoked_users[claims["sub"]]:
+                return True
         return ("jti:" + claims.get("jti", "")) in self._revoked or (
             "grant" in claims and ("grant:" + claims["grant"]) in self._revoked)
 
     async def verify(self, token: str, audience: str | None, issuer: str) -> dict:
         """The claims of a valid access token, or InvalidToken. `audience` None skips the aud check
         (introspection answers for any of our tokens)."""
-        claims = self._cache.get(token)
-        if claims is None:
-            claims = await self._verify_signature(token, issuer)
-            self._cache[token] = claims
+        cached = self._cache.get(token)
+        if cached is None:
+            cached = await self._verify_signature(token, issuer)
+            self._cache[token] = cached
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
+        claims, kid = cached
+        await self._refresh_revocations()
+        if self.keys.find(kid) is None:  # its signing key was removed since it was cached
+            self._cache.pop(token, None)
+            raise InvalidToken("the access token was not signed by a current key")
         if claims["exp"] <= time.time():
             self._cache.pop(token, None)
             raise InvalidToken("the access token has expired")
         if audience is not None and claims.get("aud") != audience:
             raise InvalidToken("the access token is not for this server (aud)")
-        await self._refresh_revocations()
         if self.is_revoked(claims):
             raise InvalidToken("the access token has been revoked")
         return claims
 
-    async def _verify_signature(self, token: str, issuer: str) -> dict:
+    async def _verify_signature(self, token: str, issuer: str) -> tuple[dict, str]:
         try:
             header = jws.extract_compact(token.encode("ascii")).headers()
         except (JoseError, ValueError, UnicodeEncodeError):
             raise InvalidToken("the access token is malformed") from None
         if header.get("alg") != ALG or header.get("typ") != "at+jwt":
             raise InvalidToken("the access token is malformed")
-        key = await self.keys.find_or_reload(str(header.get("kid", "")))
+        kid = str(header.get("kid", ""))
+        key = await self.keys.find_or_reload(kid)
         if key is None:
             raise InvalidToken("the access token was not signed by a current key")
         try:
@@ -121,4 +133,4 @@ class TokenService:
             raise InvalidToken("the access token was not issued by this server")
         if not isinstance(claims.get("exp"), int) or not isinstance(claims.get("jti"), str):
             raise InvalidToken("the access token is malformed")
-        return claims
+        return claims, kid

@@ -33,6 +33,7 @@ class Interaction:
     resource: dict | None = None  # already-parsed body (Bundle entries)
     compartment: str | None = None  # Patient id of a compartment search (Patient/123/DocumentReference)
     existing: object | None = None  # a transaction's conditional create that matched this Version
+    size: int = 0  # bytes of a Bundle entry's resource as sent (decides whether validating it is offloaded)
 
     @property
     def rtype(self) -> str:

@@ -12,6 +12,7 @@ does not match its NIR: fhir/identifiers.py) is 422.
 
 from __future__ import annotations
 
+import re
 from functools import cache
 
 import orjson
@@ -21,10 +22,37 @@ from pydantic import ValidationError
 from fhir_server.fhir.bindings import check_required_bindings
 from fhir_server.fhir.dmp import record_issues
 from fhir_server.fhir.identifiers import identifier_issues
+from fhir_server.fhir.narrative import narrative_problem
 from fhir_server.fhir.outcome import FhirError, Issue
 from fhir_server.fhir.types import SUPPORTED, is_valid_id, reference_problem
 
 MAX_ISSUES = 50
+# Deepest JSON nesting accepted (objects and arrays both count). Real FHIR resources stay far below
+# (a Questionnaire nesting items 20 deep is about 45); validation and the recursive walks over a
+# resource would otherwise hit Python's recursion limit (a 500 with a huge traceback).
+MAX_DEPTH = 100
+# R4 strings: no control characters other than tab, CR and LF (https://hl7.org/fhir/R4/datatypes.html#string)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+def json_depth_problem(value, limit: int = MAX_DEPTH) -> str | None:
+    """Why `value` nests too deeply, or None; iterative, so any depth is safe to check."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return f"the JSON nests deeper than {limit} levels"
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node if isinstance(v, (dict, list)))
+    return None
+
+
+def check_depth(value) -> None:
+    problem = json_depth_problem(value)
+    if problem is not None:
+        raise FhirError(400, "too-costly", problem)
 
 
 def parse_json_body(body: bytes) -> dict:
@@ -34,9 +62,12 @@ def parse_json_body(body: bytes) -> dict:
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if "recursion" in exc.msg.lower():
+            raise FhirError(400, "too-costly", f"the JSON nests deeper than {MAX_DEPTH} levels")
         raise FhirError(400, "structure", f"the request body is not valid JSON: {exc.msg} (at char {exc.pos})")
     if not isinstance(value, dict):
         raise FhirError(400, "structure", "the request body must be a JSON object (a FHIR resource)")
+    check_depth(value)
     return value
 
 
@@ -121,8 +152,16 @@ def json_rule_issues(resource: dict, rtype: str, *, allow_urn: bool) -> tuple[li
             for i, item in enumerate(node):
                 if item is not None:
                     walk(item, f"{path}[{i}]")
-        elif isinstance(node, str) and node == "" and not path.endswith(".div"):
-            structure.append(Issue("error", "value", f"{path}: empty strings are not allowed", [path]))
+        elif isinstance(node, str):
+            if path.endswith(".text.div"):  # Narrative.div of the resource or of a contained one
+                problem = narrative_problem(node)
+                if problem is not None:
+                    structure.append(Issue("error", "value", f"{path}: {problem}", [path]))
+            elif node == "":
+                structure.append(Issue("error", "value", f"{path}: empty strings are not allowed", [path]))
+            elif _CONTROL.search(node):
+                structure.append(Issue("error", "value", f"{path}: control characters other than tab, CR and LF "
+                                                         "are not allowed in FHIR strings", [path]))
 
     walk(resource, rtype)
     return structure, business
@@ -130,6 +169,7 @@ def json_rule_issues(resource: dict, rtype: str, *, allow_urn: bool) -> tuple[li
 
 def validate_resource(resource: dict, *, expected_type: str | None = None, allow_urn: bool = False) -> str:
     """Raise a FhirError listing every problem found, or return the resource type."""
+    check_depth(resource)  # before anything recursive walks it
     rtype = resource_type_of(resource, expected_type)
     if rtype not in SUPPORTED:
         raise FhirError(400, "not-supported", f"resource type '{rtype}' is not stored by this server", ["resourceType"])

@@ -35,8 +35,20 @@ class JsonFormatter(logging.Formatter):
             if hasattr(record, key):
                 out[key] = getattr(record, key)
         if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
+            out["exc"] = _bounded(self.formatException(record.exc_info))
+        elif record.exc_text:
+            out["exc"] = _bounded(record.exc_text)
         return json.dumps(out, ensure_ascii=False)
+
+
+MAX_TRACEBACK = 4000  # characters of a traceback kept in one log line (a deep recursion is 100+ KB)
+
+
+def _bounded(text: str) -> str:
+    if len(text) <= MAX_TRACEBACK:
+        return text
+    half = MAX_TRACEBACK // 2
+    return f"{text[:half]}\n… {len(text) - MAX_TRACEBACK} characters left out …\n{text[-half:]}"
 
 
 def configure_logging(level: str) -> None:
@@ -45,6 +57,12 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # uvicorn's own loggers (start-up, protocol errors, exceptions it catches) go through the same
+    # JSON handler: no plain-text lines or tracebacks beside the JSON log
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.asgi"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
     for noisy in ("uvicorn.access",):  # its lines carry full paths and query strings
         logging.getLogger(noisy).disabled = True
 

@@ -7,11 +7,14 @@ the read path stays close to raw Starlette throughput (docs/decisions.md).
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 from collections.abc import Sequence
 
+import anyio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -19,11 +22,14 @@ from starlette.routing import Route
 from fhir_server import composition
 from fhir_server.access.decision import Policy
 from fhir_server.auth.bearer import authenticate
+from fhir_server.auth.pages import STYLE_HASH
 from fhir_server.auth.principal import ANONYMOUS
 from fhir_server.auth.server import AUTH_ROUTES, fhir_base
 from fhir_server.composition import Services
 from fhir_server.config import Settings
+from fhir_server.fhir import offload
 from fhir_server.fhir.outcome import FhirError
+from fhir_server.ops.headers import HostGuardMiddleware, SecurityHeadersMiddleware
 from fhir_server.ops.observability import ObservabilityMiddleware, configure_logging
 from fhir_server.records.hooks import Hook
 from fhir_server.rest import interaction as interactions
@@ -35,6 +41,9 @@ from fhir_server.rest.result import error_result
 
 log = logging.getLogger("fhir_server")
 FHIR_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+CORS_REQUEST_HEADERS = ["Authorization", "Content-Type", "Accept", "If-Match", "If-None-Match", "If-None-Exist",
+                        "If-Modified-Since", "Prefer", "X-Request-Id", "X-Security-Context"]
+CORS_EXPOSED_HEADERS = ["ETag", "Location", "Content-Location", "Last-Modified", "X-Request-Id"]
 
 
 def create_app(settings: Settings | None = None, *, policies: Sequence[Policy] = (),
@@ -42,6 +51,7 @@ def create_app(settings: Settings | None = None, *, policies: Sequence[Policy] =
     """The ASGI app; `policies` and `hooks` are added to the decision point and the pipeline."""
     settings = settings or Settings()
     configure_logging(settings.log_level)
+    offload.configure(settings.cpu_threads, settings.cpu_max_waiting)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -67,13 +77,61 @@ def create_app(settings: Settings | None = None, *, policies: Sequence[Policy] =
         Route("/fhir/{path:path}", fhir_endpoint, methods=FHIR_METHODS),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_middleware(SecurityHeadersMiddleware, style_hash=STYLE_HASH, hsts_seconds=settings.hsts_seconds,
+                       https_base=(settings.public_base_url or "").startswith("https://"))
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:  # browser SMART apps on other origins (README "Hardening / deployment")
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=FHIR_METHODS,
+                           allow_headers=CORS_REQUEST_HEADERS, expose_headers=CORS_EXPOSED_HEADERS,
+                           allow_credentials=False, max_age=600)
+    if not settings.public_base_url and not settings.development:
+        app.add_middleware(HostGuardMiddleware, allowed=settings.allowed_hosts.split(","))
     app.add_middleware(ObservabilityMiddleware)
     return app
 
 
+AUTH_MAX_BODY = 64 * 1024  # forms of the authorization server are small
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _limited(request: Request, limit: int) -> Request:
+    """The request, reading at most `limit` body bytes (more raises _BodyTooLarge)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _BodyTooLarge
+    seen = 0
+
+    async def receive():
+        nonlocal seen
+        message = await request.receive()
+        seen += len(message.get("body", b""))
+        if seen > limit:
+            raise _BodyTooLarge
+        return message
+
+    return Request(request.scope, receive)
+
+
 def _auth_endpoint(name: str):
+    """An authorization-server route: its failures are OAuth JSON errors, logged as JSON lines."""
+
     async def endpoint(request: Request) -> Response:
-        return await getattr(request.app.state.services.auth, name)(request)
+        try:
+            return await getattr(request.app.state.services.auth, name)(_limited(request, AUTH_MAX_BODY))
+        except _BodyTooLarge:
+            return JSONResponse({"error": "invalid_request", "error_description": "the request body is too large"},
+                                status_code=413, headers={"Cache-Control": "no-store"})
+        except offload.Overloaded:
+            return JSONResponse({"error": "temporarily_unavailable", "error_description": "the server is busy"},
+                                status_code=503, headers={"Cache-Control": "no-store", "Retry-After": "1"})
+        except Exception:
+            log.exception("unhandled error")
+            return JSONResponse({"error": "server_error", "error_description": "internal error; the request id "
+                                                                               "identifies it in the server logs"},
+                                status_code=500, headers={"Cache-Control": "no-store"})
 
     endpoint.__name__ = name
     return endpoint
@@ -83,16 +141,20 @@ def _base_url(request: Request, settings: Settings) -> str:
     return fhir_base(request, settings)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, seconds: float) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise FhirError(413, "too-costly", f"the request body exceeds the {limit} byte limit")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise FhirError(413, "too-costly", f"the request body exceeds the {limit} byte limit")
-        chunks.append(chunk)
+    try:
+        with anyio.fail_after(seconds):  # a body trickled in byte by byte does not hold the request forever
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise FhirError(413, "too-costly", f"the request body exceeds the {limit} byte limit")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise FhirError(408, "timeout", f"the request body was not received within {seconds:g} s")
     return b"".join(chunks)
 
 
@@ -108,11 +170,13 @@ async def fhir_endpoint(request: Request) -> Response:
             request.headers.get("authorization"), base, services)
         params = request.query_params
         pretty = params.get("_pretty") == "true"
-        body = await _read_body(request, services.settings.max_body_bytes) if request.method in (
+        form_search = request.method == "POST" and request.headers.get("content-type", "").startswith(
+            "application/x-www-form-urlencoded") and path.endswith("_search")
+        limit = services.settings.search_max_body_bytes if form_search else services.settings.max_body_bytes
+        body = await _read_body(request, limit, services.settings.body_timeout_seconds) if request.method in (
             "POST", "PUT", "PATCH") else None
         headers = {k: v for k, v in request.headers.items()}
-        if request.method == "POST" and request.headers.get("content-type", "").startswith(
-                "application/x-www-form-urlencoded") and request.path_params.get("path", "").endswith("_search"):
+        if form_search:
             assert body is not None, "a POST body was read above"
             query = "&".join(p for p in (query, body.decode("utf-8", "replace")) if p)
             body = None
@@ -125,6 +189,9 @@ async def fhir_endpoint(request: Request) -> Response:
         result = await dispatch(ctx, ix)
     except FhirError as err:
         result = error_result(err)
+    except offload.Overloaded:
+        result = error_result(FhirError(503, "transient", "the server is busy; try again shortly",
+                                        headers={"Retry-After": "1"}))
     except Exception:
         log.exception("unhandled error")
         result = error_result(FhirError(500, "exception", "internal error; the request id identifies it in the "
@@ -148,4 +215,13 @@ async def ready(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
+    """Prometheus metrics, for the holder of FHIR_METRICS_TOKEN only (request counts by interaction
+    and status tell about other users' activity); without a token configured, not served."""
+    settings: Settings = request.app.state.services.settings
+    expected = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+    if not expected:
+        return JSONResponse({"error": "not_found"}, status_code=404)
+    given = request.headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
+        return JSONResponse({"error": "unauthorized"}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
+import pymongo
+from pymongo.errors import ConnectionFailure, DocumentTooLarge, OperationFailure, PyMongoError
 
 from fhir_server.access.decision import Effect, permission
 from fhir_server.fhir import interactions as k
@@ -28,6 +29,9 @@ from fhir_server.rest.handlers import bundle, capabilities, explain, history, pa
 from fhir_server.rest.result import Result, error_result
 
 OPERATIONS = {"validate": validate.validate, "explain-access": explain.explain_access}
+# reads that run under the database time budget (writes are not cut short half-way)
+BUDGETED = frozenset({k.READ, k.VREAD, k.SEARCH_TYPE, k.SEARCH_SYSTEM, k.HISTORY_INSTANCE, k.HISTORY_TYPE,
+                      k.HISTORY_SYSTEM})
 
 HANDLERS = {
     k.CAPABILITIES: capabilities.capabilities,
@@ -85,17 +89,28 @@ async def dispatch(ctx: RequestContext, ix: Interaction) -> Result:
     await hooks.started(event)
     error: FhirError | None = None
     try:
-        result = await execute(ctx, ix, event)
+        if ix.kind in BUDGETED:
+            # a per-interaction database time budget: maxTimeMS on every command, and a client-side
+            # deadline on the socket, so a runaway query ends in a 503 instead of holding the worker
+            with pymongo.timeout(ctx.settings.db_time_budget_ms / 1000):
+                result = await execute(ctx, ix, event)
+        else:
+            result = await execute(ctx, ix, event)
     except FhirError as err:
         error = err
-    except ConnectionFailure:
-        error = FhirError(503, "transient", "the database is unavailable; try again")
-    except OperationFailure as exc:
-        if not (exc.has_error_label("TransientTransactionError") or exc.code in (112, 251)):  # WriteConflict
+    except DocumentTooLarge:  # the last line: handlers refuse oversized resources before any work
+        error = FhirError(413, "too-costly", "the resource is too large to be stored")
+    except PyMongoError as exc:
+        if exc.timeout and ix.kind in BUDGETED:
+            error = FhirError(503, "too-costly", "the request exceeded its database time budget; narrow it or try "
+                                                 "again later", headers={"Retry-After": "1"})
+        elif isinstance(exc, ConnectionFailure):
+            error = FhirError(503, "transient", "the database is unavailable; try again")
+        elif isinstance(exc, OperationFailure) and (exc.has_error_label("TransientTransactionError")
+                                                    or exc.code in (112, 251)):  # WriteConflict
+            error = FhirError(409, "conflict", "a concurrent change conflicted; try again")
+        else:
             raise
-        error = FhirError(409, "conflict", "a concurrent change conflicted; try again")
-    except PyMongoError:
-        raise
     if error is not None:
         result = error_result(error)
     await hooks.finished(event, result.status, error)

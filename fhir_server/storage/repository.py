@@ -26,6 +26,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from fhir_server.fhir import offload
 from fhir_server.fhir.outcome import FhirError
 from fhir_server.storage import keyset
 from fhir_server.storage.binaries import BinaryStore
@@ -534,7 +535,8 @@ class Repository:
             doc[F_BINARY] = hist[F_BINARY]
             doc[F_BINARY_SIZE] = hist[F_BINARY_SIZE]
         assert resource is not None, "only a delete tombstone has no resource"
-        doc.update(self._index_fields(resource))
+        # extracting a large resource's index fields runs on the CPU pool (fhir/offload.py)
+        doc.update(await offload.run_if_large(len(hist[F_JSON]), self._index_fields, resource))
         if hist[H_OP] == OP_CREATE and session is None:
             # A (re)create normally finds no current document: a plain insert, which every engine
             # serves by its _id index (FerretDB v1 scans the collection for the guarded replace).

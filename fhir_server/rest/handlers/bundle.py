@@ -8,10 +8,14 @@ refuse it up front instead of applying half of it.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from urllib.parse import parse_qsl, urlsplit
 
+import orjson
+
+from fhir_server.fhir import offload
 from fhir_server.fhir.outcome import FhirError
 from fhir_server.fhir.types import SUPPORTED, URN_UUID_RE
 from fhir_server.fhir.validation import structural_issues
@@ -22,31 +26,45 @@ from fhir_server.rest.interaction import BUNDLE, CREATE, SEARCH_TYPE, Interactio
 from fhir_server.rest.result import Result, entry_response, error_result
 from fhir_server.storage.documents import Version
 
-MAX_ENTRIES = 1000
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 _ENTRY_HEADERS = {"ifMatch": "if-match", "ifNoneMatch": "if-none-match", "ifModifiedSince": "if-modified-since",
                   "ifNoneExist": "if-none-exist"}
 
 
 async def bundle(ctx: RequestContext, ix: Interaction, dispatch) -> Result:
+    body, sizes = await offload.run_if_large(len(ix.body or b""), _read_bundle, ix, ctx.settings.max_bundle_entries)
+    entries = body.get("entry") or []
+    if body["type"] == "batch":
+        return await _batch(ctx, ix, entries, sizes, dispatch)
+    return await _transaction(ctx, ix, entries, sizes, dispatch)
+
+
+def _read_bundle(ix: Interaction, max_entries: int) -> tuple[dict, list[int]]:
+    """The Bundle and the size of each entry's resource. Its entry count is checked before any
+    validation, and only the Bundle's own elements are validated here: each entry's resource is
+    validated by its own interaction, after the access decision on it (a token that may not write
+    has its entries refused without their content being validated)."""
     body = resource_body(ix)
     if body.get("resourceType") != "Bundle":
         raise FhirError(400, "invalid", "POST to the base URL takes a batch or transaction Bundle", ["resourceType"])
     btype = body.get("type")
     if btype not in ("batch", "transaction"):
         raise FhirError(400, "value", "Bundle.type must be batch or transaction", ["Bundle.type"])
-    issues = structural_issues(body, "Bundle")
+    entries = body.get("entry") or []
+    if isinstance(entries, list) and len(entries) > max_entries:
+        raise FhirError(413, "too-costly", f"a Bundle may carry at most {max_entries} entries")
+    shell = dict(body)
+    if isinstance(entries, list):
+        shell["entry"] = [{k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
+                          for e in entries]
+    issues = structural_issues(shell, "Bundle")
     if issues:
         raise FhirError(400, issues[0].code, issues[0].diagnostics, issues=issues)
-    entries = body.get("entry") or []
-    if len(entries) > MAX_ENTRIES:
-        raise FhirError(413, "too-costly", f"a Bundle may carry at most {MAX_ENTRIES} entries")
-    if btype == "batch":
-        return await _batch(ctx, ix, entries, dispatch)
-    return await _transaction(ctx, ix, entries, dispatch)
+    sizes = [len(orjson.dumps(e["resource"])) if isinstance(e, dict) and "resource" in e else 0 for e in entries]
+    return body, sizes
 
 
-def _entry_interaction(ctx: RequestContext, ix: Interaction, entry: dict, index: int) -> Interaction:
+def _entry_interaction(ctx: RequestContext, ix: Interaction, entry: dict, index: int, size: int) -> Interaction:
     req = entry.get("request")
     if not isinstance(req, dict) or not req.get("method") or not req.get("url"):
         raise FhirError(400, "required", "entry.request with method and url is required",
@@ -66,8 +84,10 @@ def _entry_interaction(ctx: RequestContext, ix: Interaction, entry: dict, index:
     method = req["method"]
     if method in ("POST", "PUT", "PATCH") and not isinstance(resource, dict):
         raise FhirError(400, "required", f"a {method} entry needs a resource", [f"Bundle.entry[{index}].resource"])
-    return parse(method, parts.path.lstrip("/"), parts.query, headers,
-                 resource=resource if method in ("POST", "PUT", "PATCH") else None)
+    eix = parse(method, parts.path.lstrip("/"), parts.query, headers,
+                resource=resource if method in ("POST", "PUT", "PATCH") else None)
+    eix.size = size
+    return eix
 
 
 async def _entry_result(ctx: RequestContext, ix: Interaction, dispatch) -> dict:
@@ -84,11 +104,12 @@ async def _entry_result(ctx: RequestContext, ix: Interaction, dispatch) -> dict:
     return out
 
 
-async def _batch(ctx: RequestContext, ix: Interaction, entries: list, dispatch) -> Result:
+async def _batch(ctx: RequestContext, ix: Interaction, entries: list, sizes: list[int], dispatch) -> Result:
     out = []
     for i, entry in enumerate(entries):
+        await asyncio.sleep(0)  # entries refused without I/O never suspend: let other requests run
         try:
-            entry_ix = _entry_interaction(ctx, ix, entry, i)
+            entry_ix = _entry_interaction(ctx, ix, entry, i, sizes[i])
             if entry_ix.kind == BUNDLE:
                 raise FhirError(400, "not-supported", "Bundles cannot be nested")
             out.append(await _entry_result(ctx, entry_ix, dispatch))
@@ -97,11 +118,11 @@ async def _batch(ctx: RequestContext, ix: Interaction, entries: list, dispatch) 
     return Result(status=200, resource={"resourceType": "Bundle", "type": "batch-response", "entry": out})
 
 
-async def _transaction(ctx: RequestContext, ix: Interaction, entries: list, dispatch) -> Result:
+async def _transaction(ctx: RequestContext, ix: Interaction, entries: list, sizes: list[int], dispatch) -> Result:
     parsed: list[Interaction] = []
     for i, entry in enumerate(entries):
         try:
-            entry_ix = _entry_interaction(ctx, ix, entry, i)
+            entry_ix = _entry_interaction(ctx, ix, entry, i, sizes[i])
         except FhirError as err:
             err.issues[0].expression = err.issues[0].expression or [f"Bundle.entry[{i}]"]
             raise
@@ -116,6 +137,7 @@ async def _transaction(ctx: RequestContext, ix: Interaction, entries: list, disp
     async with ctx.data.unit() as unit:
         tctx = ctx.in_unit(unit)
         for i in order:
+            await asyncio.sleep(0)
             result = await dispatch(tctx, parsed[i])
             if result.status >= 400:
                 raise FhirError(result.status, result.resource["issue"][0]["code"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 
+from fhir_server.fhir import offload
 from fhir_server.fhir.outcome import FhirError, Issue, operation_outcome
 from fhir_server.fhir.validation import parse_json_body
 from fhir_server.rest.context import RequestContext
@@ -34,6 +35,11 @@ def resource_body(ix: Interaction) -> dict:
         return ix.resource
     require_json_body(ix.header("content-type"))
     return parse_json_body(ix.body or b"")
+
+
+async def parsed_body(ix: Interaction) -> dict:
+    """`resource_body`, parsed on the CPU pool when the body is large."""
+    return await offload.run_if_large(len(ix.body or b"") if ix.resource is None else 0, resource_body, ix)
 
 
 def is_raw_binary(ix: Interaction) -> bool:

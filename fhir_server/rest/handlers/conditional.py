@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 from fhir_server.fhir.interactions import CREATE
 from fhir_server.fhir.outcome import FhirError, Issue, operation_outcome
 from fhir_server.rest.context import RequestContext
-from fhir_server.rest.handlers.common import resource_body, write_result
+from fhir_server.rest.handlers.common import parsed_body, write_result
 from fhir_server.rest.handlers.search import parse_search
 from fhir_server.rest.interaction import Interaction
 from fhir_server.rest.result import Result
@@ -52,7 +52,7 @@ async def create(ctx: RequestContext, ix: Interaction, header: str) -> Result | 
 
 
 async def update(ctx: RequestContext, ix: Interaction) -> Result:
-    resource = resource_body(ix)
+    resource = await parsed_body(ix)
     found = await matches(ctx, ix, ix.params, 2)
     if len(found) > 1:
         raise FhirError(412, "multiple-matches", "the conditional update criteria match several resources")

@@ -10,7 +10,7 @@ import jsonpatch
 import orjson
 
 from fhir_server.fhir.outcome import FhirError
-from fhir_server.fhir.validation import validate_resource
+from fhir_server.fhir.validation import check_depth, validate_resource
 from fhir_server.rest.context import RequestContext
 from fhir_server.rest.formats import JSON_PATCH, media_type
 from fhir_server.rest.handlers import conditional
@@ -31,9 +31,12 @@ def _operations(ix: Interaction) -> list:
     try:
         ops = orjson.loads(ix.body or b"")
     except orjson.JSONDecodeError as exc:
+        if "recursion" in exc.msg.lower():
+            raise FhirError(400, "too-costly", "the JSON Patch document nests too deeply")
         raise FhirError(400, "structure", f"the JSON Patch document is not valid JSON: {exc.msg}")
     if not isinstance(ops, list):
         raise FhirError(400, "structure", "a JSON Patch document is an array of operations")
+    check_depth(ops)  # jsonpatch copies values recursively
     return ops
 
 
@@ -48,6 +51,7 @@ def _from_binary_entry(resource: dict) -> list:
         raise FhirError(400, "structure", "the PATCH entry's Binary.data is not a base64 JSON Patch")
     if not isinstance(ops, list):
         raise FhirError(400, "structure", "a JSON Patch document is an array of operations")
+    check_depth(ops)  # jsonpatch copies values recursively
     return ops
 
 

@@ -9,7 +9,7 @@ import orjson
 
 from fhir_server.fhir.outcome import not_found
 from fhir_server.rest.context import RequestContext
-from fhir_server.rest.formats import accepts_fhir
+from fhir_server.rest.formats import accepts_fhir, media_type
 from fhir_server.rest.handlers.common import set_version_body
 from fhir_server.rest.interaction import Interaction
 from fhir_server.rest.result import Result, version_headers
@@ -40,11 +40,20 @@ def _version_result(ctx: RequestContext, ix: Interaction, v: Version) -> Result:
     return result
 
 
+INLINE_SAFE = frozenset({"text/plain", "image/png", "image/jpeg", "image/gif", "image/webp"})
+
+
 def _raw_binary(ctx: RequestContext, v: Version, result: Result) -> Result:
     """Binary read with a non-FHIR Accept: the content itself (https://hl7.org/fhir/R4/binary.html#rest)."""
     assert v.json is not None, "read and vread never return a delete tombstone"
     meta = orjson.loads(v.json)
     result.media_type = meta.get("contentType") or "application/octet-stream"
+    # stored content is never active content of our origin: no sniffing, no script (sandbox), and
+    # anything but plain text and images is a download (a stored text/html Binary is not a page of ours)
+    result.headers["X-Content-Type-Options"] = "nosniff"
+    result.headers["Content-Security-Policy"] = "sandbox; default-src 'none'"
+    if media_type(result.media_type) not in INLINE_SAFE:
+        result.headers["Content-Disposition"] = "attachment"
     if v.binary_file is not None:
         result.stream = ctx.data.binary_content(v)
     else:

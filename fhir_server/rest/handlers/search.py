@@ -17,6 +17,7 @@ from fhir_server.rest.paging import binding, decode_cursor, encode_cursor
 from fhir_server.rest.result import Result
 from fhir_server.rest.subsetting import subset
 from fhir_server.search import mongo
+from fhir_server.search.limits import SearchLimits, too_costly
 from fhir_server.search.parse import SearchError, SearchQuery, parse
 from fhir_server.storage import keyset
 from fhir_server.storage.documents import Version
@@ -28,6 +29,11 @@ _NOT_SEARCH = {"_cursor", "_format", "_pretty"}
 def parse_search(ctx: RequestContext, ix: Interaction) -> SearchQuery:
     """The parsed query of a search-like interaction; 400 for what the spec says to reject."""
     pairs = [(k, v) for k, v in ix.params if k not in _NOT_SEARCH]
+    s = ctx.settings
+    costly = too_costly(pairs, SearchLimits(s.search_max_params, s.search_max_values, s.search_max_chain_depth,
+                                            s.search_max_has_depth, s.search_max_includes))
+    if costly is not None:
+        raise FhirError(400, "too-costly", f"this search asks too much: {costly}")
     try:
         query = parse(ix.rtype, pairs)
     except SearchError as exc:

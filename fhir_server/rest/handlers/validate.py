@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import orjson
 
+from fhir_server.fhir import offload
 from fhir_server.fhir.outcome import FhirError, Issue, operation_outcome
 from fhir_server.fhir.validation import validate_resource
 from fhir_server.rest.context import RequestContext
-from fhir_server.rest.handlers.common import resource_body
+from fhir_server.rest.handlers.common import parsed_body
 from fhir_server.rest.interaction import Interaction
 from fhir_server.rest.result import Result
 
@@ -37,7 +38,7 @@ async def validate(ctx: RequestContext, ix: Interaction) -> Result:
     mode = ix.param("mode")
     resource = None
     if ix.method == "POST" and (ix.body or ix.resource is not None):
-        body = resource_body(ix)
+        body = await parsed_body(ix)
         if body.get("resourceType") == "Parameters" and ix.type != "Parameters":
             resource, body_mode = _from_parameters(body)
             mode = body_mode or mode
@@ -60,7 +61,7 @@ async def validate(ctx: RequestContext, ix: Interaction) -> Result:
         return Result(status=200, resource=operation_outcome(
             [Issue("error", "invalid", "resource id does not match the instance", [f"{ix.type}.id"])]))
     try:
-        validate_resource(resource, expected_type=ix.type)
+        await offload.run_if_large(len(ix.body or b""), lambda: validate_resource(resource, expected_type=ix.type))
     except FhirError as err:
         if err.status >= 500:
             raise

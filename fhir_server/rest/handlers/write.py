@@ -5,6 +5,7 @@ Everything is validated before anything is written, so a rejected request change
 
 from __future__ import annotations
 
+from fhir_server.fhir import offload
 from fhir_server.fhir.outcome import FhirError
 from fhir_server.fhir.validation import validate_resource
 from fhir_server.rest.context import RequestContext
@@ -23,8 +24,17 @@ from fhir_server.rest.interaction import Interaction
 from fhir_server.rest.result import Result, information
 
 
-def incoming(ctx: RequestContext, ix: Interaction) -> tuple[dict, bytes | None]:
-    """The validated resource and, for a large Binary, its content to store apart."""
+async def incoming(ctx: RequestContext, ix: Interaction) -> tuple[dict, bytes | None]:
+    """The validated resource and, for a large Binary, its content to store apart. Parsing and
+    validating a large body runs on the CPU pool (fhir/offload.py), not on the event loop."""
+    size = len(ix.body) if ix.body is not None else ix.size
+    limit = ctx.settings.max_resource_bytes
+    if ix.type != "Binary" and size > limit:  # a Binary's content goes to GridFS: any size fits
+        raise FhirError(413, "too-costly", f"the resource exceeds the {limit} byte limit of one stored resource")
+    return await offload.run_if_large(size, _incoming, ctx, ix)
+
+
+def _incoming(ctx: RequestContext, ix: Interaction) -> tuple[dict, bytes | None]:
     inline_max = ctx.services.settings.binary_inline_max_bytes
     if is_raw_binary(ix):
         resource, raw = binary_from_raw(ix)
@@ -37,7 +47,7 @@ def incoming(ctx: RequestContext, ix: Interaction) -> tuple[dict, bytes | None]:
 
 
 async def create(ctx: RequestContext, ix: Interaction) -> Result:
-    resource, content = incoming(ctx, ix)  # validate first: a rejected request does nothing
+    resource, content = await incoming(ctx, ix)  # validate first: a rejected request does nothing
     if_none_exist = ix.header("if-none-exist")
     if if_none_exist:
         existing = await conditional.create(ctx, ix, if_none_exist)
@@ -52,7 +62,7 @@ async def create(ctx: RequestContext, ix: Interaction) -> Result:
 async def update(ctx: RequestContext, ix: Interaction) -> Result:
     if ix.id is None:
         return await conditional.update(ctx, ix)
-    resource, content = incoming(ctx, ix)
+    resource, content = await incoming(ctx, ix)
     body_id = resource.get("id")
     if body_id is None and not is_raw_binary(ix):
         raise FhirError(400, "required", "the resource must carry an id equal to the URL's", [f"{ix.type}.id"])

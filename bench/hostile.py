@@ -1,0 +1,157 @@
+"""`/health` and read-by-id latency while one client floods the server with maximum-size hostile
+requests (issue 12): the same probes without and then with the flood, in one run on one server.
+
+Target: p99 under the flood within 3x of p99 without it. The flood is bounded (a fixed number of
+requests from one client, a few connections) and only 127.0.0.1 is contacted. Kinds of request:
+  bundle   a batch Bundle of FHIR_MAX_BUNDLE_ENTRIES creates (~20 MB) with a read-only token (403 each)
+  big      a Patient of almost FHIR_MAX_RESOURCE_BYTES, invalid (gender), with a token that may create
+  deep     JSON nested 1000 levels
+  secret   a wrong client secret (argon2 per request)
+  search   a search with 500 _revinclude (refused by the caps)
+
+    .venv/bin/python bench/hostile.py [--probes 300] [--flood 40] [--connections 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import percentile  # noqa: E402
+from fhir_server.engine.ferretdb import EmbeddedFerretDB  # noqa: E402
+from tests.auth_helpers import add_client, backend_token, public_jwks, rsa_key  # noqa: E402
+from tests.conftest import FERRETDB_BIN, start_server, stop_server  # noqa: E402
+
+FHIR = {"Content-Type": "application/fhir+json"}
+MAX_RESOURCE = 8 * 1024 * 1024
+ENTRIES = 1000
+
+
+def _bodies() -> dict[str, bytes]:
+    patient = {"resourceType": "Patient", "name": [{"family": "D" * 20000, "given": ["x" * 20]}] * 1}
+    entry = {"resource": patient, "request": {"method": "POST", "url": "Patient"}}
+    bundle = json.dumps({"resourceType": "Bundle", "type": "batch", "entry": [entry] * ENTRIES}).encode()
+    filler = "y" * (MAX_RESOURCE - 2048)
+    big = json.dumps({"resourceType": "Patient", "name": [{"family": filler}], "gender": "robot"}).encode()
+    deep = b'{"resourceType":"Patient","extension":' + b"[" * 1000 + b"1" + b"]" * 1000 + b"}"
+    return {"bundle": bundle, "big": big, "deep": deep}
+
+
+def _probe(server, token: str, pid: str, n: int, stop: threading.Event | None = None) -> dict[str, list[float]]:
+    lat: dict[str, list[float]] = {"health": [], "read": []}
+    with httpx.Client(timeout=120) as c:
+        for _ in range(n):
+            if stop is not None and stop.is_set():
+                break
+            t = time.perf_counter()
+            assert c.get(server.base + "/health").status_code == 200
+            lat["health"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            r = c.get(f"{server.fhir_base}/Patient/{pid}", headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 200, r.text
+            lat["read"].append(time.perf_counter() - t)
+    return lat
+
+
+KINDS = ["bundle", "big", "deep", "secret", "search"]
+
+
+def _flood(server, ro_token: str, rw_token: str, count: int, connections: int, statuses: dict,
+           kinds: list[str]) -> None:
+    bodies = _bodies()
+
+    def one(i: int) -> None:
+        kind = kinds[i % len(kinds)]
+        with httpx.Client(timeout=300) as c:
+            auth = {"Authorization": f"Bearer {ro_token}"}
+            if kind == "bundle":
+                r = c.post(server.fhir_base, content=bodies["bundle"], headers={**FHIR, **auth})
+            elif kind in ("big", "deep"):  # a token that may create: the whole body is parsed and validated
+                r = c.post(server.fhir_base + "/Patient", content=bodies[kind],
+                           headers={**FHIR, "Authorization": f"Bearer {rw_token}"})
+            elif kind == "secret":
+                r = c.post(server.base + "/auth/token", auth=(f"guess-{i}", "wrong"),
+                           data={"grant_type": "client_credentials"})
+            else:
+                r = c.get(server.fhir_base + "/Patient", params=[("_revinclude", "DocumentReference:subject")] * 500,
+                          headers=auth)
+        statuses.setdefault(kind, []).append(r.status_code)
+
+    with ThreadPoolExecutor(connections) as pool:
+        list(pool.map(one, range(count)))
+
+
+def run(probes: int, flood: int, connections: int, kinds: list[str]) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="hostile-bench-"))
+    engine = EmbeddedFerretDB(FERRETDB_BIN, work / "ferretdb")
+    uri = engine.start()
+    server = start_server(uri, {"FHIR_INSECURE_DEV_MODE": "false", "FHIR_MAX_BODY_BYTES": str(32 * 1024 * 1024),
+                                "FHIR_MAX_RESOURCE_BYTES": str(MAX_RESOURCE), "FHIR_ADDRESS_MAX_ATTEMPTS": "100000",
+                                "FHIR_CLIENT_MAX_FAILURES": "100000"})
+    try:
+        key = rsa_key()
+        add_client(server, "bench", "confidential-asymmetric", "system/*.cruds", redirect_uris=(), jwks=public_jwks(key))
+        token = backend_token(server, "bench", key, "system/*.cruds")["access_token"]
+        ro = rsa_key()
+        add_client(server, "ro", "confidential-asymmetric", "system/*.rs", redirect_uris=(), jwks=public_jwks(ro))
+        ro_token = backend_token(server, "ro", ro, "system/*.rs")["access_token"]
+        with httpx.Client(timeout=30) as c:
+            pid = c.post(server.fhir_base + "/Patient", json={"resourceType": "Patient", "name": [{"family": "Dupont"}]},
+                         headers={**FHIR, "Authorization": f"Bearer {token}"}).json()["id"]
+        _probe(server, token, pid, 50)  # warm-up
+        quiet = _probe(server, token, pid, probes)
+        statuses: dict[str, list[int]] = {}
+        stop = threading.Event()
+        flooder = threading.Thread(target=lambda: (_flood(server, ro_token, token, flood, connections, statuses, kinds), stop.set()))
+        started = time.perf_counter()
+        flooder.start()
+        loud = _probe(server, token, pid, probes * 100, stop)
+        flooder.join()
+        flood_seconds = time.perf_counter() - started
+        out: dict = {"probes_quiet": len(quiet["health"]), "probes_flood": len(loud["health"]),
+                     "flood_requests": flood, "flood_seconds": round(flood_seconds, 1),
+                     "flood_statuses": {k: sorted(set(v)) for k, v in statuses.items()}}
+        for what in ("health", "read"):
+            q, f = sorted(quiet[what]), sorted(loud[what])
+            out[what] = {"p50_quiet_ms": 1e3 * percentile(q, 50), "p99_quiet_ms": 1e3 * percentile(q, 99),
+                         "p50_flood_ms": 1e3 * percentile(f, 50), "p99_flood_ms": 1e3 * percentile(f, 99)}
+            out[what]["p99_ratio"] = out[what]["p99_flood_ms"] / out[what]["p99_quiet_ms"]
+        out["machine"] = {"python": platform.python_version(), "cpus": __import__("os").cpu_count(),
+                          "loadavg": open("/proc/loadavg").read().split()[:3]}
+        return out
+    finally:
+        stop_server(server)
+        engine.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--probes", type=int, default=300, help="probe pairs without the flood")
+    ap.add_argument("--flood", type=int, default=40, help="hostile requests in all")
+    ap.add_argument("--connections", type=int, default=4, help="hostile requests in flight at once")
+    ap.add_argument("--kinds", default=",".join(KINDS), help="kinds of hostile request, comma-separated")
+    args = ap.parse_args()
+    result = run(args.probes, args.flood, args.connections, args.kinds.split(","))
+    print(json.dumps(result, indent=2))
+    print("\n| probe | p50 quiet | p99 quiet | p50 flood | p99 flood | p99 ratio (target ≤ 3) |\n|---|---|---|---|---|---|")
+    for what in ("health", "read"):
+        r = result[what]
+        print(f"| {what} | {r['p50_quiet_ms']:.2f} ms | {r['p99_quiet_ms']:.2f} ms | {r['p50_flood_ms']:.2f} ms | "
+              f"{r['p99_flood_ms']:.2f} ms | {r['p99_ratio']:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
