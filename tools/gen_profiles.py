@@ -221,16 +221,19 @@ def document_reference() -> dict:
 PROFILES = (patient, practitioner, record_consent, authorization_consent, document_reference)
 
 
-def main() -> int:
+def main(out: Path = OUT) -> int:
+    """Write the profiles into `out` (default profiles/; tests/test_profiles.py passes a temporary
+    folder to check that the committed files are what this script generates)."""
     with tempfile.TemporaryDirectory(prefix="fhir-profiles-") as tmp:
         for build in PROFILES:
             sd = build()
             (Path(tmp) / f"{sd['id']}.json").write_text(json.dumps(sd, indent=2, ensure_ascii=False) + "\n")
-        for old in OUT.glob("*.json"):
+        out.mkdir(parents=True, exist_ok=True)
+        for old in out.glob("*.json"):
             old.unlink()
-        done = subprocess.run(["java", "-cp", f"{VALIDATOR_LIB}/*", "fhirdmp.Main", "snapshot", tmp, str(OUT)])
+        done = subprocess.run(["java", "-cp", f"{VALIDATOR_LIB}/*", "fhirdmp.Main", "snapshot", tmp, str(out)])
     return done.returncode
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(Path(sys.argv[1]) if len(sys.argv) > 1 else OUT))
