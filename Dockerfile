@@ -13,6 +13,9 @@ WORKDIR /app
 COPY pyproject.toml README.md* ./
 COPY fhir_server ./fhir_server
 RUN pip install . && rm -rf /app/build /app/*.egg-info
+# The published profiles (StructureDefinitions), served read-only (fhir_server/fhir/profiles.py).
+COPY profiles ./profiles
+ENV FHIR_PROFILES_DIR=/app/profiles
 
 # Run unprivileged; the server writes nothing to disk when it uses an external MongoDB.
 RUN useradd --system --uid 10001 --no-create-home --home-dir /nonexistent fhir

@@ -6,11 +6,12 @@ BIN := $(VENV)/bin
 TOOLS := .tools
 FERRETDB := $(TOOLS)/bin/ferretdb
 MONGOECO := $(TOOLS)/mongoeco-venv
+HAPI := $(TOOLS)/hapi-validator
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint bench capability clean browser postgresql
+.PHONY: setup run test lint bench capability profiles clean browser postgresql
 
-setup: $(VENV)/.installed $(FERRETDB) $(MONGOECO)/.installed browser postgresql
+setup: $(VENV)/.installed $(FERRETDB) $(MONGOECO)/.installed $(HAPI)/.built browser postgresql
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
@@ -24,6 +25,11 @@ $(FERRETDB): scripts/build-ferretdb.sh
 
 $(MONGOECO)/.installed: scripts/setup-mongoeco.sh
 	scripts/setup-mongoeco.sh $(MONGOECO)
+	touch $@
+
+# The HAPI FHIR validator (Java, Maven Central): snapshots of profiles/ and tests/test_profiles.py.
+$(HAPI)/.built: scripts/build-hapi-validator.sh tools/hapi-validator/pom.xml $(shell find tools/hapi-validator/src -name '*.java')
+	scripts/build-hapi-validator.sh $(HAPI)
 	touch $@
 
 browser:
@@ -46,6 +52,10 @@ test: setup lint
 
 capability: $(VENV)/.installed
 	$(BIN)/fhir-server capabilities --out capability/CapabilityStatement.json
+
+# Regenerate profiles/ (differentials in tools/gen_profiles.py, snapshots by HAPI); commit the result.
+profiles: $(VENV)/.installed $(HAPI)/.built
+	$(BIN)/python tools/gen_profiles.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS)

@@ -157,9 +157,11 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _capabilities(args: argparse.Namespace) -> int:
+    from fhir_server.fhir.profiles import Profiles
     from fhir_server.rest.handlers.capabilities import capability_statement
 
-    text = json.dumps(capability_statement(transactions=True), indent=2) + "\n"
+    profiles = Profiles.load(Settings().profiles_dir)
+    text = json.dumps(capability_statement(transactions=True, supported_profiles=profiles.supported), indent=2) + "\n"
     if args.out:
         Path(args.out).write_text(text)
     else:

@@ -25,6 +25,7 @@ from fhir_server.auth.server import AuthServer
 from fhir_server.config import Settings
 from fhir_server.engine.capabilities import EngineCapabilities, detect
 from fhir_server.fhir.identifiers import unique_keys
+from fhir_server.fhir.profiles import Profiles
 from fhir_server.fhir.types import SUPPORTED_TYPES
 from fhir_server.records.hooks import Hook, Hooks
 from fhir_server.records.invalidation import ConsentChanges
@@ -46,6 +47,7 @@ class Services:
     hooks: Hooks
     cursor_key: bytes
     auth: AuthServer | None = None
+    profiles: Profiles = Profiles(())  # the published StructureDefinitions (fhir/profiles.py)
 
     async def ping(self) -> None:
         await self.repository.client.admin.command("ping")
@@ -82,6 +84,7 @@ def consent_epoch(settings: Settings, db: AsyncDatabase):
 
 async def build(settings: Settings, client: AsyncMongoClient, *, policies: Sequence[Policy] = (),
                 hooks: Sequence[Hook] = ()) -> Services:
+    profiles = Profiles.load(settings.profiles_dir)  # first: a missing folder stops the start at once
     db = client[settings.database]
     engine = await detect(client, settings.database)
     repo = repository(client, db, engine.transactions, settings.test_crash_after_step, engine)
@@ -94,4 +97,4 @@ async def build(settings: Settings, client: AsyncMongoClient, *, policies: Seque
     auth = AuthServer(settings, db, PatientPicker(repo, consent), on_break_glass=BreakGlassLog(repo).declared)
     await auth.start()
     return Services(settings, repo, engine, AccessDecisionPoint([consent, *policies]), Hooks(hooks),
-                    await shared_secret(db, "cursor-key"), auth)
+                    await shared_secret(db, "cursor-key"), auth, profiles)

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(Path("var"), description="Where the embedded engine keeps its data")
     ferretdb_bin: Path = Field(Path(".tools/bin/ferretdb"), description="Embedded FerretDB binary")
+    profiles_dir: Path | None = Field(
+        None, description="The published profiles (StructureDefinitions) served read-only; default: profiles/ of "
+                          "the checkout")
     ferretdb_port: int = Field(0, description="Embedded FerretDB port (0: pick a free one)")
     embedded_backend: Literal["postgresql", "sqlite"] = Field(
         "postgresql", description="Storage of the embedded FerretDB: a private PostgreSQL cluster (indexed "

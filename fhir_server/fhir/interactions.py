@@ -15,6 +15,10 @@ SEARCH_TYPE, SEARCH_SYSTEM = "search-type", "search-system"
 HISTORY_INSTANCE, HISTORY_TYPE, HISTORY_SYSTEM = "history-instance", "history-type", "history-system"
 BUNDLE = "batch/transaction"
 OPERATION = "operation"
+# read and search of this server's own definitions (profiles/): static, read-only, not patient data
+CONFORMANCE_READ, CONFORMANCE_SEARCH = "conformance-read", "conformance-search"
+# what any authenticated caller may ask, whatever its scopes (the metadata needs no token at all)
+PUBLIC = frozenset({CAPABILITIES, CONFORMANCE_READ, CONFORMANCE_SEARCH})
 
 WRITES = frozenset({UPDATE, PATCH, DELETE, CREATE})
 

@@ -23,6 +23,7 @@ import orjson
 from fhir_server.access.compartment import ABOUT_PARAMS, about_patients
 from fhir_server.access.decision import Access, Effect
 from fhir_server.fhir.outcome import FhirError, gone, not_found
+from fhir_server.fhir.profiles import Profiles
 from fhir_server.records import search
 from fhir_server.records.hooks import Event, Hooks
 from fhir_server.records.search import SearchPage
@@ -49,16 +50,17 @@ class HistoryPage:
 class Records:
     """The data handle of one interaction. Cheap to build: one per interaction, Bundle entries included."""
 
-    __slots__ = ("repo", "access", "hooks", "event", "unit_", "base_url")
+    __slots__ = ("repo", "access", "hooks", "event", "unit_", "base_url", "profiles_")
 
     def __init__(self, repo: Repository, access: Access, hooks: Hooks, event: Event, unit: Unit | None,
-                 base_url: str) -> None:
+                 base_url: str, profiles: Profiles | None = None) -> None:
         self.repo = repo
         self.access = access
         self.hooks = hooks
         self.event = event
         self.unit_ = unit
         self.base_url = base_url
+        self.profiles_ = profiles or Profiles(())
 
 
     @property
@@ -97,6 +99,21 @@ class Records:
     async def _disclose(self, versions: list[Version]) -> list[Version]:
         await self.hooks.disclosed(self.event, versions)
         return versions
+
+    # --- the server's published definitions (public to any authenticated caller: no patient data) -
+
+    def definition(self, rtype: str, rid: str) -> dict:
+        """One of the static profiles (fhir/profiles.py), or 404."""
+        sd = self.profiles_.read(rtype, rid)
+        if sd is None:
+            raise not_found(rtype, rid)
+        return sd
+
+    def definitions(self, rtype: str, params) -> list[dict]:
+        return self.profiles_.search(rtype, params)
+
+    def supported_profiles(self, rtype: str) -> list[str]:
+        return self.profiles_.supported(rtype)
 
     # --- reads -----------------------------------------------------------------------------------
 

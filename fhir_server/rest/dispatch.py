@@ -25,7 +25,18 @@ from fhir_server.fhir.outcome import FhirError
 from fhir_server.records.hooks import Event
 from fhir_server.records.records import Records
 from fhir_server.rest.context import RequestContext
-from fhir_server.rest.handlers import bundle, capabilities, explain, history, patch, read, search, validate, write
+from fhir_server.rest.handlers import (
+    bundle,
+    capabilities,
+    conformance,
+    explain,
+    history,
+    patch,
+    read,
+    search,
+    validate,
+    write,
+)
 from fhir_server.rest.result import Result, error_result
 
 OPERATIONS = {"validate": validate.validate, "explain-access": explain.explain_access}
@@ -35,6 +46,8 @@ BUDGETED = frozenset({k.READ, k.VREAD, k.SEARCH_TYPE, k.SEARCH_SYSTEM, k.HISTORY
 
 HANDLERS = {
     k.CAPABILITIES: capabilities.capabilities,
+    k.CONFORMANCE_READ: conformance.read,
+    k.CONFORMANCE_SEARCH: conformance.search,
     k.READ: read.read,
     k.VREAD: read.vread,
     k.CREATE: write.create,
@@ -53,7 +66,7 @@ async def _bind(ctx: RequestContext, ix: Interaction, event: Event) -> RequestCo
     """This interaction's context: its access decisions and its data handle."""
     services = ctx.services
     access = await services.access.prepare(ctx.principal, ix, services.repository)
-    if ix.kind not in (k.CAPABILITIES, k.BUNDLE):
+    if ix.kind not in k.PUBLIC and ix.kind != k.BUNDLE:
         perm = permission(ix)
         if perm is None:
             raise FhirError(403, "forbidden", f"'{ix.kind}' is not permitted")
@@ -61,7 +74,7 @@ async def _bind(ctx: RequestContext, ix: Interaction, event: Event) -> RequestCo
         if decision.effect is Effect.DENY:
             raise FhirError(403, "forbidden", decision.reason or (
                 f"the token's scopes do not permit {ix.kind} on {ix.type or 'the system'}"))
-    records = Records(services.repository, access, services.hooks, event, ctx.unit, ctx.base_url)
+    records = Records(services.repository, access, services.hooks, event, ctx.unit, ctx.base_url, services.profiles)
     return replace(ctx, records=records, run=execute)
 
 

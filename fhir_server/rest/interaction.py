@@ -12,6 +12,8 @@ from urllib.parse import parse_qsl
 from fhir_server.fhir.interactions import (  # noqa: F401  (re-exported: the kinds are part of this API)
     BUNDLE,
     CAPABILITIES,
+    CONFORMANCE_READ,
+    CONFORMANCE_SEARCH,
     CREATE,
     DELETE,
     HISTORY_INSTANCE,
@@ -28,6 +30,7 @@ from fhir_server.fhir.interactions import (  # noqa: F401  (re-exported: the kin
     Interaction,
 )
 from fhir_server.fhir.outcome import FhirError
+from fhir_server.fhir.profiles import CONFORMANCE_TYPES
 from fhir_server.fhir.types import ALL_R4_TYPES, SUPPORTED, is_valid_id
 
 
@@ -52,6 +55,22 @@ def _check_id(value: str, what: str = "id") -> None:
         raise FhirError(400, "value", f"'{value[:80]}' is not a valid FHIR {what}")
 
 
+def _conformance(ix: Interaction, segs: list[str], method: str) -> None:
+    """The server's published definitions (fhir/profiles.py): read and search only; writes are 405."""
+    ix.type = segs[0]
+    if len(segs) == 1:
+        ix.kind = _allowed({"GET": CONFORMANCE_SEARCH}, method, ix.type)
+    elif len(segs) == 2 and segs[1] == "_search":
+        ix.kind = _allowed({"POST": CONFORMANCE_SEARCH}, method, f"{ix.type}/_search")
+    elif len(segs) == 2 and not segs[1].startswith(("$", "_")):
+        ix.id = segs[1]
+        _check_id(ix.id)
+        ix.kind = _allowed({"GET": CONFORMANCE_READ}, method, f"{ix.type}/{ix.id}")
+    else:
+        raise FhirError(404, "not-supported", f"{ix.type} resources are this server's static definitions: read and "
+                                              "search only")
+
+
 def parse(method: str, path: str, query: str | list[tuple[str, str]], headers: dict[str, str],
           body: bytes | None = None, resource: dict | None = None) -> Interaction:
     """Parse `path` (relative to the FHIR base, without leading slash) and method into an Interaction."""
@@ -67,6 +86,8 @@ def parse(method: str, path: str, query: str | list[tuple[str, str]], headers: d
         ix.kind = _allowed({"GET": HISTORY_SYSTEM}, method, "_history")
     elif segs[0].startswith("$"):
         raise FhirError(404, "not-supported", f"operation '{segs[0]}' is not supported at system level")
+    elif segs[0] in CONFORMANCE_TYPES:
+        _conformance(ix, segs, method)
     else:
         ix.type = segs[0]
         _check_type(ix.type)

@@ -6,7 +6,10 @@ atomic on every engine), so the published copy in capability/ equals what any ru
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fhir_server import __version__
+from fhir_server.fhir.profiles import CONFORMANCE_TYPES, SEARCH_PARAMS
 from fhir_server.fhir.types import SUPPORTED_TYPES
 from fhir_server.rest.context import RequestContext
 from fhir_server.rest.interaction import Interaction
@@ -74,12 +77,34 @@ def security(base_url: str) -> dict:
     }
 
 
-def capability_statement(transactions: bool = True, base_url: str = PUBLISHED_BASE_URL) -> dict:
+PROFILE_SEARCH = {"url": ("uri", "The canonical URL (url|version to pin a version)"),
+                  "_id": ("token", "The logical id"), "name": ("string", "The computable name (prefix)"),
+                  "type": ("token", "The resource type constrained"), "status": ("token", "The status"),
+                  "version": ("token", "The business version")}
+
+
+def conformance_resources() -> list[dict]:
+    """The published profiles (profiles/): read and search, nothing else."""
+    return [{
+        "type": rtype,
+        "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
+        "documentation": "This server's published profiles (static, read-only; any authenticated caller). The "
+                         "server enforces their rules natively on every write.",
+        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "searchParam": [{"name": name, "type": PROFILE_SEARCH[name][0], "documentation": PROFILE_SEARCH[name][1]}
+                        for name in SEARCH_PARAMS],
+    } for rtype in CONFORMANCE_TYPES]
+
+
+def capability_statement(transactions: bool = True, base_url: str = PUBLISHED_BASE_URL,
+                         supported_profiles: Callable[[str], list[str]] = lambda rtype: []) -> dict:
     resources = []
     for rtype in SUPPORTED_TYPES:
+        profiles = supported_profiles(rtype)
         resources.append({
             "type": rtype,
             "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
+            **({"supportedProfile": profiles} if profiles else {}),
             "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
             "versioning": "versioned-update",
             "readHistory": True,
@@ -116,11 +141,11 @@ def capability_statement(transactions: bool = True, base_url: str = PUBLISHED_BA
             "security": security(base_url),
             "documentation": "Transaction Bundles are atomic on every engine: MongoDB transactions on a "
                              "replica set, an application-level commit protocol elsewhere.",
-            "resource": resources,
+            "resource": resources + conformance_resources(),
             "interaction": system,
         }],
     }
 
 
 async def capabilities(ctx: RequestContext, ix: Interaction) -> Result:
-    return Result(status=200, resource=capability_statement(True, ctx.base_url))
+    return Result(status=200, resource=capability_statement(True, ctx.base_url, ctx.data.supported_profiles))
