@@ -206,6 +206,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--cache", default="host", choices=["host", "database", "off"],
+                    help="FHIR_CONSENT_CACHE of the server (host: what `make run` uses with the embedded engine)")
     args = ap.parse_args()
     loop_kind = use_uvloop()
     work = Path(tempfile.mkdtemp(prefix="consent-bench-"))
@@ -214,7 +216,8 @@ def main() -> int:
     database = "consent_bench"
     try:
         loaded = load(uri, database, args.patients, args.authorized)
-        server = start_server(uri, {"FHIR_INSECURE_DEV_MODE": "false", "FHIR_DATABASE": database})
+        server = start_server(uri, {"FHIR_INSECURE_DEV_MODE": "false", "FHIR_DATABASE": database,
+                                    "FHIR_CONSENT_CACHE": args.cache})
         server.database = database
         try:
             key = rsa_key()
@@ -234,7 +237,7 @@ def main() -> int:
     result["dataset"] = loaded
     result["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(), "loop": loop_kind,
                          "loadavg": open("/proc/loadavg").read().split()[:3], "clients": args.clients,
-                         "rounds": args.rounds, "seconds_per_cell": args.seconds}
+                         "rounds": args.rounds, "seconds_per_cell": args.seconds, "consent_cache": args.cache}
     print(json.dumps(result, indent=2))
     print("\n| request | consent (req/s) | unrestricted (req/s) | ratio | target |\n|---|---|---|---|---|")
     for kind, target in (("read", 0.8), ("search", 0.7)):

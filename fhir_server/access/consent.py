@@ -109,6 +109,7 @@ class ConsentState:
     reach: dict[str, frozenset[str]] | None = None  # action -> patients reachable (cross-patient)
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
     epoch: int | None = None  # the consent epoch read when the interaction began (None: nothing cached)
+    gp_mine: set[str] | None = None  # patients whose general practitioner the caller is (cross-patient searches)
 
 
 class ConsentPolicy(Policy):
@@ -218,6 +219,17 @@ class ConsentPolicy(Policy):
             gp = found.get(p) or []
             state.records[p].gp = frozenset([gp] if isinstance(gp, str) else gp)
 
+    async def _load_gp_of_mine(self, state: ConsentState, patients: AbstractSet[str]) -> None:
+        """Which of these patients have this professional as general practitioner: one indexed query
+        on Patient.general-practitioner for their identities, not one read per patient."""
+        if state.gp_mine is not None:
+            return
+        state.gp_mine = set()
+        if state.ids:
+            gp_field = field_name(REFERENCE, "general-practitioner")
+            for v, _ in await state.reader.find_docs("Patient", _in(gp_field, sorted(state.ids)), MAX_PATIENTS):
+                state.gp_mine.add(v.id)
+
     async def _load_reach(self, principal: Principal, state: ConsentState, rtype: str) -> None:
         """Every patient whose Consents name this professional (and the break-glass patient)."""
         if state.reach is None:
@@ -242,7 +254,7 @@ class ConsentPolicy(Policy):
             state.reach = {action: frozenset(p for p in candidates if self._verdict(principal, state, p, action).allowed)
                            for action in (dmp.READ, dmp.ADD)}
         if rtype in LABELLED_TYPES:
-            await self._load_gp(state, state.reach[dmp.READ])
+            await self._load_gp_of_mine(state, state.reach[dmp.READ])
 
     # --- decisions -------------------------------------------------------------------------------
 
@@ -265,7 +277,8 @@ class ConsentPolicy(Policy):
 
     def _masked_visible(self, state: ConsentState, patients: AbstractSet[str]) -> set[str]:
         """Of these patients, those whose masked documents this professional sees (their GP)."""
-        return {p for p in patients if (state.records[p].gp or frozenset()) & state.ids}
+        return {p for p in patients if (state.gp_mine is not None and p in state.gp_mine)
+                or (state.records[p].gp or frozenset()) & state.ids}
 
     def db_filter(self, principal: Principal, state: ConsentState, perm: str, rtype: str,
                   within: AbstractSet[str] | None) -> dict | None:

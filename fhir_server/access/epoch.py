@@ -9,8 +9,8 @@ Three kinds, chosen by `FHIR_CONSENT_CACHE` (config.py):
   serve` (the parent creates it before uvicorn starts the workers and passes its path in the
   environment). Reading it costs nanoseconds. Exact when this server is the only writer of its
   database: the embedded engine (one server per data directory) or a single-host deployment.
-* `database` — a document `{_id: "consent", n}` in `_epochs`, `$inc`-ed on change and read once per
-  interaction (one `_id` read): exact across hosts (several servers on one MongoDB cluster).
+* `database` — a document `{_id: "consent", n}` in `_epochs`, set to a new random value on change and
+  read once per interaction (one `_id` read): exact across hosts (several servers on one cluster).
 * `off` — no cache: every interaction reads the Consents it needs.
 
 The counter is bumped *after* the change is durable (after a transaction's commit), and a worker
@@ -24,9 +24,12 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
+import secrets
 import struct
 import tempfile
 from pathlib import Path
+
+from pymongo.errors import DuplicateKeyError
 
 ENV_FILE = "FHIR_CONSENT_EPOCH_FILE"
 _COUNTER = struct.Struct("<Q")
@@ -74,7 +77,15 @@ class DatabaseEpoch:
         return int(doc["n"]) if doc else 0
 
     async def bump(self) -> None:
-        await self.col.update_one({"_id": "consent"}, {"$inc": {"n": 1}}, upsert=True)
+        # A new random value rather than `$inc`: the epoch only has to change, and FerretDB v1's `$inc`
+        # is not atomic (two concurrent bumps could leave one value). Two first bumps may both try to
+        # insert the document: the loser's duplicate key means it exists now, so set it again.
+        for _ in range(3):
+            try:
+                await self.col.update_one({"_id": "consent"}, {"$set": {"n": secrets.randbits(62)}}, upsert=True)
+                return
+            except DuplicateKeyError:
+                continue
 
     def close(self) -> None:
         return None

@@ -406,6 +406,7 @@ def index_fields(resource: dict) -> dict:
 _INDEXES: dict[str, list[list[tuple[str, str]]]] = {
     "Patient": [
         [("identifier", TOKEN)], [("birthdate", DATE + ".lo")], [("telecom", TOKEN)], [("link", REFERENCE)],
+        [("general-practitioner", REFERENCE)],
     ],
     "Practitioner": [[("identifier", TOKEN)]],
     "PractitionerRole": [[("identifier", TOKEN)], [("practitioner", REFERENCE)], [("organization", REFERENCE)]],
