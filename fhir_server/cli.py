@@ -315,9 +315,12 @@ def _reindex(args: argparse.Namespace) -> int:
     async def work(db) -> int:
         repo = composition.repository(db.client, db)
         await repo.ensure_indexes()
+        conflicts: list[str] = []
         for rtype in types:
-            print(f"{rtype}: {await repo.reindex(rtype)} documents reindexed")
-        return 0
+            print(f"{rtype}: {await repo.reindex(rtype, conflicts=conflicts)} documents reindexed")
+        for line in conflicts:  # e.g. two Patients written with one INS before it was enforced
+            print(f"conflict: {line}", file=sys.stderr)
+        return 1 if conflicts else 0
 
     return _with_db(work)
 

@@ -299,3 +299,15 @@ def test_professional_accounts_are_linked_by_rpps(w):
         rid = r.text.split('name="rid" value="', 1)[1].split('"', 1)[0]
         r = browser.post("/auth/login", data={"rid": rid, "username": "dr.mislinked", "password": PASSWORD})
         assert r.status_code == 403 and "RPPS" in r.text
+
+
+def test_a_professional_cannot_file_a_record_into_another_patients_compartment(w):
+    """Authorized by Alice-like patient A, a professional writes A's document naming patient B as its
+    author: B's compartment (and so B's own token) would receive A's data. Refused."""
+    a, _ = w.fresh_patient(user=False)
+    b, b_token = w.fresh_patient()
+    assert _post(w, "operator", authorization(a, [w.pr("auth")])).status_code == 201
+    r = _post(w, "auth", document(a, author=f"Patient/{b}"))
+    assert r.status_code == 403 and "other patients" in r.text
+    assert _post(w, "auth", document(a, author=w.pr("auth"))).status_code == 201  # the control
+    assert "entry" not in _get(w, b_token, "/DocumentReference").json()

@@ -107,3 +107,32 @@ def test_twenty_concurrent_creates_with_one_ins_give_exactly_one_record(server, 
         statuses = sorted(pool.map(post, range(20)))
     assert statuses == [201] + [409] * 19, statuses
     assert fhir.get("/Patient", params={"identifier": f"{INS_NIR}|{ins}"}).json()["total"] == 1
+
+
+def test_reindex_claims_the_ins_of_older_patients_and_lists_duplicates(server, fhir):
+    """Patients written before one INS meant one record: `fhir-server reindex --type Patient` claims
+    their INS, and lists (exit 1) those that share one, for an administrator to settle."""
+    import os
+    import subprocess
+    import sys
+
+    import orjson
+    from pymongo import MongoClient
+
+    ins = new_ins()
+    a = create(fhir, _patient(ins))
+    with MongoClient(server.mongodb_uri) as mc:
+        db = mc[server.database]
+        db["_unique_keys"].delete_many({"owner": f"Patient/{a['id']}"})  # as if written before the rule
+        twin = db["Patient"].find_one({"_id": a["id"]})
+        twin_id = "twin-" + uuid.uuid4().hex[:12]
+        body = orjson.loads(twin["_json"])
+        twin.update({"_id": twin_id, "_json": orjson.dumps({**body, "id": twin_id})})
+        db["Patient"].insert_one(twin)
+    env = {**os.environ, "FHIR_MONGODB_URI": server.mongodb_uri, "FHIR_DATABASE": server.database}
+    out = subprocess.run([sys.executable, "-m", "fhir_server.cli", "reindex", "--type", "Patient"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stderr
+    conflicts = [line for line in out.stderr.splitlines() if line.startswith("conflict: ")]
+    assert len(conflicts) == 1 and ("Patient/" + twin_id in conflicts[0] or f"Patient/{a['id']}" in conflicts[0])
+    assert_outcome(fhir.post("/Patient", json=_patient(ins), headers=JSON_HEADERS), 409)

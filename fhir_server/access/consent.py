@@ -36,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from fhir_server.access.compartment import ABOUT_PARAMS, about_patients
+from fhir_server.access.compartment import ABOUT_PARAMS, about_patients, patients_of
 from fhir_server.access.consent_rules import OPEN, Record, Verdict, authorize, record_of
 from fhir_server.access.decision import Decision, Policy, deny
 from fhir_server.auth.principal import Principal
@@ -396,6 +396,10 @@ class ConsentPolicy(Policy):
             verdict = self._verdict(principal, state, p, dmp.ADD)
             if not verdict.allowed:
                 return f"not authorized to add to this patient's record: {verdict.reason}"
+        others = patients_of(rtype, doc) - patients
+        if others:  # e.g. another patient as a document's author: it would land in their compartment too
+            return "a resource of one patient's record may not name other patients (their compartment would " \
+                   "receive it)"
         if before is not None and rtype == "DocumentReference" and dmp.is_patient_authored(before):
             return "documents of the patient's personal space are changed by the patient only"
         if before is not None and after is not None and (

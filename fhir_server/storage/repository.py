@@ -320,10 +320,12 @@ class Repository:
     async def count(self, rtype: str, flt: dict, unit: Unit | None = None) -> int:
         return await self._current[rtype].count_documents(flatten(flt), session=_s(unit))
 
-    async def reindex(self, rtype: str, batch: int = 500) -> int:
+    async def reindex(self, rtype: str, batch: int = 500, conflicts: list[str] | None = None) -> int:
         """Recompute the search index fields of every current version (after search definitions
-        change). Each document is replaced only if still at the version read, so a concurrent
-        write simply wins; returns the number of documents rewritten."""
+        change), and claim each one's unique keys (an INS written before uniqueness was enforced).
+        Each document is replaced only if still at the version read, so a concurrent write simply
+        wins; returns the number of documents rewritten. Resources whose unique key another holds
+        are listed in `conflicts` (`Type/id: why`) for an administrator to settle."""
         done, after = 0, None
         while True:
             query: dict = {F_ID: {"$gt": after}} if after is not None else {}
@@ -332,7 +334,15 @@ class Repository:
                 return done
             for d in docs:
                 fresh = {k: d[k] for k in (F_ID, F_VERSION, F_UPDATED, F_JSON, F_BINARY, F_BINARY_SIZE) if k in d}
-                fresh.update(self._index_fields(orjson.loads(d[F_JSON])))
+                resource = orjson.loads(d[F_JSON])
+                fresh.update(self._index_fields(resource))
+                keys = self._unique_keys(rtype, resource)
+                if keys:
+                    try:
+                        await self.uniques.claim(keys, f"{rtype}/{d[F_ID]}", self._holds)
+                    except FhirError as exc:
+                        if conflicts is not None:
+                            conflicts.append(f"{rtype}/{d[F_ID]}: {exc}")
                 result = await self._current[rtype].replace_one({F_ID: d[F_ID], F_VERSION: d[F_VERSION]}, fresh)
                 done += result.modified_count
             after = docs[-1][F_ID]
