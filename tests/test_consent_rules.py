@@ -143,7 +143,11 @@ def test_masked_documents(w):
     pid, token = w.fresh_patient(gp=w.pr("gp"))
     for who in ("auth", "gp", "author"):
         assert _post(w, "operator", authorization(pid, [w.pr(who)])).status_code == 201
-    doc = _post(w, "author", document(pid, author=w.pr("author"))).json()
+    pdf = _post(w, "author", {"resourceType": "Binary", "contentType": "application/pdf", "data": "JVBERi0=",
+                             "securityContext": {"reference": f"Patient/{pid}"}}).json()["id"]
+    doc = _post(w, "author", document(pid, author=w.pr("author"),
+                                      content=[{"attachment": {"contentType": "application/pdf",
+                                                               "url": f"Binary/{pdf}"}}])).json()
     with w.client(token) as c:
         masked = {**doc, "meta": {"security": [{"system": "urn:fhir-dmp:security", "code": "masked"}]}}
         r = c.put(f"/DocumentReference/{doc['id']}", json=masked, headers=FHIR)
@@ -153,6 +157,14 @@ def test_masked_documents(w):
     assert doc["id"] not in _get(w, "auth", f"/DocumentReference?patient={pid}").text
     assert _get(w, "gp", f"/DocumentReference/{doc['id']}").status_code == 200
     assert _get(w, "author", f"/DocumentReference/{doc['id']}").status_code == 200
+    # the content follows its document: masked too, and readable by the same people only
+    assert _get(w, token, f"/Binary/{pdf}").json()["meta"]["security"] == [
+        {"system": "urn:fhir-dmp:security", "code": "masked"}]
+    assert _get(w, "auth", f"/Binary/{pdf}").status_code == 404
+    assert pdf not in _get(w, "auth", f"/Binary?securitycontext=Patient/{pid}").text
+    assert _get(w, "gp", f"/Binary/{pdf}").status_code == 200
+    assert _get(w, "author", f"/Binary/{pdf}").status_code == 200
+    assert pdf in _get(w, "author", f"/Binary?securitycontext=Patient/{pid}").text
     # only the patient unmasks
     with w.client("author") as c:
         current = c.get(f"/DocumentReference/{doc['id']}").json()
@@ -166,18 +178,24 @@ def test_masked_documents(w):
         assert c.delete(f"/DocumentReference/{doc['id']}").status_code == 403
         assert c.put(f"/DocumentReference/{doc['id']}", json=_unlabelled(current), headers=FHIR).status_code == 200
     assert _get(w, "auth", f"/DocumentReference/{doc['id']}").status_code == 200
+    assert _get(w, "auth", f"/Binary/{pdf}").status_code == 200
 
 
 def test_documents_hidden_from_the_patient_until_announced(w):
     pid, token = w.fresh_patient()
     assert _post(w, "operator", authorization(pid, [w.pr("auth")])).status_code == 201
-    hidden = document(pid, author=w.pr("auth"), labels=["hidden-from-patient"])
+    pdf = _post(w, "auth", {"resourceType": "Binary", "contentType": "application/pdf", "data": "JVBERi0=",
+                           "securityContext": {"reference": f"Patient/{pid}"}}).json()["id"]
+    hidden = document(pid, author=w.pr("auth"), labels=["hidden-from-patient"],
+                      content=[{"attachment": {"contentType": "application/pdf", "url": f"Binary/{pdf}"}}])
     doc = _post(w, "auth", hidden).json()
     assert _get(w, token, f"/DocumentReference/{doc['id']}").status_code == 404
+    assert _get(w, token, f"/Binary/{pdf}").status_code == 404  # nor its content
     assert doc["id"] not in _get(w, token, "/DocumentReference").text
     with w.client("auth") as c:  # the announcement consultation took place: the mark is lifted
         assert c.put(f"/DocumentReference/{doc['id']}", json=_unlabelled(doc), headers=FHIR).status_code == 200
     assert _get(w, token, f"/DocumentReference/{doc['id']}").status_code == 200
+    assert _get(w, token, f"/Binary/{pdf}").status_code == 200
 
 
 def test_personal_space(w):
@@ -311,3 +329,22 @@ def test_a_professional_cannot_file_a_record_into_another_patients_compartment(w
     assert r.status_code == 403 and "other patients" in r.text
     assert _post(w, "auth", document(a, author=w.pr("auth"))).status_code == 201  # the control
     assert "entry" not in _get(w, b_token, "/DocumentReference").json()
+
+
+def test_large_content_keeps_its_bytes_when_its_document_is_masked(w):
+    """Content over the inline limit lives in GridFS: the masked label's new Binary version keeps it."""
+    pid, token = w.fresh_patient(gp=w.pr("gp"))
+    assert _post(w, "operator", authorization(pid, [w.pr("gp")])).status_code == 201
+    data = bytes(range(256)) * 64  # 16 KiB, above the test servers' inline limit
+    with w.client("operator") as op:
+        pdf = op.post("/Binary", content=data, headers={"Content-Type": "application/pdf",
+                                                         "X-Security-Context": f"Patient/{pid}"}).json()["id"]
+        doc = op.post("/DocumentReference", json=document(pid, content=[
+            {"attachment": {"contentType": "application/pdf", "url": f"Binary/{pdf}"}}]), headers=FHIR).json()
+    with w.client(token) as c:
+        masked = {**doc, "meta": {"security": [{"system": "urn:fhir-dmp:security", "code": "masked"}]}}
+        assert c.put(f"/DocumentReference/{doc['id']}", json=masked, headers=FHIR).status_code == 200
+    with w.client("gp") as c:
+        raw = c.get(f"/Binary/{pdf}", headers={"Accept": "application/pdf"})
+        assert raw.status_code == 200 and raw.content == data
+        assert c.get(f"/Binary/{pdf}").json()["meta"]["versionId"] == "2"

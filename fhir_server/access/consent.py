@@ -110,6 +110,8 @@ class ConsentState:
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
     epoch: int | None = None  # the consent epoch read when the interaction began (None: nothing cached)
     gp_mine: set[str] | None = None  # patients whose general practitioner the caller is (cross-patient searches)
+    authored_content: set[str] | None = None  # Binary ids attached to documents the caller wrote
+    authored_for: set[str] = field(default_factory=set)  # the patients authored_content covers
 
 
 class ConsentPolicy(Policy):
@@ -158,8 +160,32 @@ class ConsentPolicy(Policy):
                 await self._load_roles(state)
             if resource is not None and dmp.MASKED in dmp.labels(resource):
                 await self._load_gp(state, patients)
+                if rtype == "Binary":
+                    await self._load_authored_content(state, patients)
             elif resource is None and rtype in LABELLED_TYPES:
                 await self._load_gp(state, patients)
+                if rtype == "Binary":
+                    await self._load_authored_content(state, patients)
+
+    async def _load_authored_content(self, state: ConsentState, patients: AbstractSet[str] | None) -> None:
+        """The Binaries attached to documents this professional wrote (of these patients, or of any):
+        a masked document's content stays visible to its author, as the document does."""
+        if state.authored_content is not None and patients is not None and patients <= state.authored_for:
+            return
+        if state.authored_content is None:
+            state.authored_content = set()
+        if not state.ids:
+            return
+        flt: dict = _in(field_name(REFERENCE, "author"), sorted(state.ids))
+        if patients is not None:
+            flt = {"$and": [flt, _in(field_name(REFERENCE, "subject"), _refs(patients))]}
+            state.authored_for |= set(patients)
+        for v, _ in await state.reader.find_docs("DocumentReference", flt, MAX_PATIENTS):
+            doc = orjson.loads(v.json)
+            for content in doc.get("content") or ():
+                url = (content.get("attachment") or {}).get("url") if isinstance(content, dict) else None
+                if isinstance(url, str) and url.startswith("Binary/") and url.count("/") == 1:
+                    state.authored_content.add(url[len("Binary/"):])
 
     async def _load_records(self, state: ConsentState, patients: AbstractSet[str]) -> None:
         missing = [p for p in patients if p not in state.records]
@@ -255,6 +281,8 @@ class ConsentPolicy(Policy):
                            for action in (dmp.READ, dmp.ADD)}
         if rtype in LABELLED_TYPES:
             await self._load_gp_of_mine(state, state.reach[dmp.READ])
+        if rtype == "Binary":
+            await self._load_authored_content(state, None)
 
     # --- decisions -------------------------------------------------------------------------------
 
@@ -303,6 +331,8 @@ class ConsentPolicy(Policy):
         visible = [{SECURITY_FIELD: {"$ne": MASKED_TOKEN}}]
         if rtype == "DocumentReference" and state.ids:
             visible.append(_in(field_name(REFERENCE, "author"), sorted(state.ids)))
+        if rtype == "Binary" and state.authored_content:
+            visible.append(_in("_id", sorted(state.authored_content)))
         if gp_of:
             visible.append(_in(_about_field(rtype), _refs(gp_of, rtype)))
         masking = visible[0] if len(visible) == 1 else {"$or": visible}
@@ -319,6 +349,8 @@ class ConsentPolicy(Policy):
         if not all(self._verdict(principal, state, p, dmp.READ).allowed for p in patients):
             return False
         if dmp.MASKED in dmp.labels(resource):
+            if rtype == "Binary" and state.authored_content and resource.get("id") in state.authored_content:
+                return True
             return bool(_authors(resource) & state.ids) or self._masked_visible(state, patients) == patients
         return True
 

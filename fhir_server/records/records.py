@@ -22,6 +22,7 @@ import orjson
 
 from fhir_server.access.compartment import ABOUT_PARAMS, about_patients
 from fhir_server.access.decision import Access, Effect
+from fhir_server.fhir import dmp
 from fhir_server.fhir.outcome import FhirError, gone, not_found
 from fhir_server.fhir.profiles import Profiles
 from fhir_server.records import search
@@ -272,6 +273,7 @@ class Records:
         await self._check_write("c", rtype, None, resource)
         v = await self.repo.create(rtype, resource, content=content, rid=rid, unit=self.unit_)
         await self.hooks.written(self.event, None, v)
+        await self._labels_follow(rtype, None, resource)
         return v
 
     async def update(self, rtype: str, rid: str, resource: dict, *, if_match: int | None = None,
@@ -284,6 +286,7 @@ class Records:
         v, created = await self.repo.update(rtype, rid, resource, if_match=if_match, content=content,
                                             unit=self.unit_)
         await self.hooks.written(self.event, before, v)
+        await self._labels_follow(rtype, before, resource)
         return v, created
 
     async def patch(self, rtype: str, rid: str, apply: Callable[[Version], dict], *,
@@ -308,8 +311,45 @@ class Records:
                     continue  # someone updated in between: re-apply the patch on their version
                 raise
             await self.hooks.written(self.event, current, v)
+            await self._labels_follow(rtype, current, patched)
             return v
         raise FhirError(409, "conflict", f"{rtype}/{rid} is being updated concurrently; try again")
+
+    async def _labels_follow(self, rtype: str, before: Version | None, after: dict) -> None:
+        """A document's content follows its visibility: when a DocumentReference is masked or
+        hidden from the patient (or no longer is), the Binaries its attachments point to, in the
+        same record, get the same labels, as new versions (their content is kept). Otherwise a
+        masked report's PDF would stay readable by id."""
+        if rtype != "DocumentReference":
+            return
+        wanted = dmp.labels(after) & FOLLOWING
+        old = dmp.labels(orjson.loads(before.json)) & FOLLOWING if before is not None and before.json else set()
+        if wanted == old:
+            return
+        patients = about_patients(rtype, after)
+        for bid in _attached_binaries(after, self.base_url):
+            current = await self.repo.read("Binary", bid, unit=self.unit_)
+            if current is None or current.json is None:
+                continue
+            binary = orjson.loads(current.json)
+            if about_patients("Binary", binary) != patients or dmp.labels(binary) & FOLLOWING == wanted:
+                continue
+            meta = dict(binary.get("meta") or {})
+            security = [c for c in meta.get("security") or () if not (
+                isinstance(c, dict) and c.get("system") == dmp.SECURITY_SYSTEM and c.get("code") in FOLLOWING)]
+            security += [{"system": dmp.SECURITY_SYSTEM, "code": code} for code in sorted(wanted)]
+            meta.pop("versionId", None)
+            meta.pop("lastUpdated", None)
+            if security:
+                meta["security"] = security
+            else:
+                meta.pop("security", None)
+            binary = {k: v for k, v in binary.items() if k != "meta"}
+            if meta:
+                binary["meta"] = meta
+            v, _ = await self.repo.update("Binary", bid, binary, if_match=current.version, unit=self.unit_,
+                                          keep_content=current)
+            await self.hooks.written(self.event, current, v)
 
     async def delete(self, rtype: str, rid: str, *, if_match: int | None = None) -> Version | None:
         """Write a tombstone; None when there was nothing to delete (delete is idempotent)."""
@@ -353,6 +393,24 @@ class Records:
             return
         async with self.repo.unit(atomic=atomic) as unit:
             yield unit
+
+
+FOLLOWING = frozenset({dmp.MASKED, dmp.HIDDEN_FROM_PATIENT})
+
+
+def _attached_binaries(doc: dict, base_url: str) -> list[str]:
+    """Ids of the local Binaries a DocumentReference's attachments point to."""
+    out = []
+    for content in doc.get("content") or ():
+        url = (content.get("attachment") or {}).get("url") if isinstance(content, dict) else None
+        if not isinstance(url, str):
+            continue
+        if url.startswith(base_url.rstrip("/") + "/"):
+            url = url[len(base_url.rstrip("/")) + 1:]
+        kind, _, bid = url.partition("/")
+        if kind == "Binary" and bid and "/" not in bid:
+            out.append(bid)
+    return out
 
 
 def _version_headers(v: Version) -> dict[str, str]:

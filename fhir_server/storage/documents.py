@@ -19,6 +19,7 @@ F_UPDATED = "_lu"
 F_JSON = "_json"
 F_BINARY = "_bin"  # GridFS file id of a large Binary's content
 F_BINARY_SIZE = "_binlen"
+F_BINARY_SHARED = "_bs"  # the GridFS content is an earlier version's: never deleted with this version
 H_RESOURCE_ID = "_rid"
 H_OP = "_op"  # create | update | delete
 

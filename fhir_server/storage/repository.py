@@ -32,6 +32,7 @@ from fhir_server.storage import keyset
 from fhir_server.storage.binaries import BinaryStore
 from fhir_server.storage.documents import (
     F_BINARY,
+    F_BINARY_SHARED,
     F_BINARY_SIZE,
     F_ID,
     F_JSON,
@@ -365,16 +366,17 @@ class Repository:
 
     async def update(
         self, rtype: str, rid: str, resource: dict, *, if_match: int | None = None,
-        content: bytes | None = None, unit: Unit | None = None,
+        content: bytes | None = None, unit: Unit | None = None, keep_content: Version | None = None,
     ) -> tuple[Version, bool]:
-        """Update, or create with the client's id; returns (version, created)."""
+        """Update, or create with the client's id; returns (version, created). `keep_content`: a
+        Binary version whose GridFS content the new version keeps (a change of its labels only)."""
         for _ in range(MAX_WRITE_ATTEMPTS):
             current, exists = await self._current_version(rtype, rid, unit)
             self._check_if_match(rtype, rid, if_match, current, exists)
             version = current + 1
             op = OP_UPDATE if exists else OP_CREATE
             try:
-                written = await self._write_version(rtype, rid, version, op, resource, content, unit)
+                written = await self._write_version(rtype, rid, version, op, resource, content, unit, keep_content)
                 return written, not exists
             except DuplicateKeyError:
                 await self._after_lost_race(rtype, rid, version, unit)
@@ -443,7 +445,7 @@ class Repository:
 
     async def _write_version(
         self, rtype: str, rid: str, version: int, op: str, resource: dict | None, content: bytes | None,
-        unit: Unit | None,
+        unit: Unit | None, keep_content: Version | None = None,
     ) -> Version:
         updated = now_ms()
         hist: dict = {F_ID: history_id(rid, version), H_RESOURCE_ID: rid, F_VERSION: version,
@@ -461,6 +463,10 @@ class Repository:
             if content is not None:
                 hist[F_BINARY] = await self.binaries.put(content, session=_s(unit))
                 hist[F_BINARY_SIZE] = len(content)
+            elif keep_content is not None and keep_content.binary_file is not None:
+                hist[F_BINARY] = keep_content.binary_file
+                hist[F_BINARY_SIZE] = keep_content.binary_size
+                hist[F_BINARY_SHARED] = True
         claimed = await self._claim(rtype, rid, resource, unit) if resource is not None else []
         try:
             return await self._store_version(rtype, rid, hist, resource, unit)

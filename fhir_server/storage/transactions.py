@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from fhir_server.fhir.outcome import FhirError
-from fhir_server.storage.documents import F_BINARY, F_ID, F_JSON, H_RESOURCE_ID, aware, now_ms
+from fhir_server.storage.documents import F_BINARY, F_BINARY_SHARED, F_ID, F_JSON, H_RESOURCE_ID, aware, now_ms
 
 if TYPE_CHECKING:
     from fhir_server.storage.repository import Repository
@@ -92,8 +92,8 @@ async def _roll_forward(repo: Repository, txid: str, items: list[tuple[str, dict
 async def _roll_back(repo: Repository, txid: str, types: Iterable[str]) -> None:
     for rtype in sorted(types):
         history = repo._history[rtype]
-        async for h in history.find({H_TX: txid}, projection={F_BINARY: 1}):
-            if h.get(F_BINARY) is not None:
+        async for h in history.find({H_TX: txid}, projection={F_BINARY: 1, F_BINARY_SHARED: 1}):
+            if h.get(F_BINARY) is not None and not h.get(F_BINARY_SHARED):
                 await repo.binaries.delete(h[F_BINARY])
         await history.delete_many({H_TX: txid})
     await repo.db[TX_COLLECTION].delete_one({"_id": txid})
