@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 .PHONY: setup run test lint bench capability profiles clean browser postgresql
 
-setup: $(VENV)/.installed $(FERRETDB) $(MONGOECO)/.installed $(HAPI)/.built browser postgresql
+setup: $(VENV)/.installed $(FERRETDB) $(MONGOECO)/.installed $(HAPI)/.built browser postgresql fhirclient
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
@@ -34,6 +34,9 @@ $(HAPI)/.built: scripts/build-hapi-validator.sh tools/hapi-validator/pom.xml $(s
 
 browser:
 	@scripts/setup-chromium.sh
+
+fhirclient:
+	@scripts/setup-fhirclient.sh $(TOOLS)/fhirclient
 
 postgresql:
 	@scripts/setup-postgresql.sh
