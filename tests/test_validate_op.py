@@ -38,4 +38,4 @@ def test_instance_level_validate(fhir):
 
 
 def test_unknown_operation_is_404(fhir):
-    assert_outcome(fhir.post("/Patient/$everything", json={}, headers=JSON_HEADERS), 404, "not-supported")
+    assert_outcome(fhir.post("/Patient/$frobnicate", json={}, headers=JSON_HEADERS), 404, "not-supported")

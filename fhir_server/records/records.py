@@ -20,7 +20,7 @@ from datetime import datetime
 
 import orjson
 
-from fhir_server.access.compartment import ABOUT_PARAMS, about_patients
+from fhir_server.access.compartment import ABOUT_PARAMS, about_patients, in_compartment_types
 from fhir_server.access.decision import Access, Effect
 from fhir_server.fhir import dmp
 from fhir_server.fhir.outcome import FhirError, gone, not_found
@@ -67,6 +67,12 @@ class Records:
     @property
     def types(self) -> tuple[str, ...]:
         return self.repo.types
+
+    @property
+    def compartment_types(self) -> tuple[str, ...]:
+        """The types of a patient's compartment, Patient first then by name (a stable paging order)."""
+        return ("Patient",) + tuple(sorted(t for t in in_compartment_types() if t != "Patient"
+                                           and t in self.repo.types))
 
     @property
     def in_unit(self) -> bool:
@@ -232,6 +238,13 @@ class Records:
 
     async def includes(self, query, page: SearchPage) -> tuple[list[Version], bool]:
         return await search.includes(self, query, page)
+
+    async def everything(self, patient: str, types: tuple[str, ...], *, since: datetime | None, count: int,
+                         after: tuple[int, str] | None) -> tuple[list[Version], tuple[int, str] | None]:
+        """A page of the patient's compartment (`Patient/{id}/$everything`); the caller must see the
+        Patient itself (404 otherwise)."""
+        await self.read("Patient", patient)
+        return await search.everything(self, patient, types, since, count, after)
 
     async def matching(self, rtype: str, query, limit: int) -> list[Version]:
         """Resources matching conditional-interaction criteria (what a search would find)."""

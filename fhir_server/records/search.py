@@ -237,3 +237,37 @@ def _forward_targets(inc: Include, frontier_docs) -> dict[str, list[str]]:
                     continue
                 out.setdefault(rtype, []).append(rid)
     return out
+
+
+async def everything(records: Records, patient: str, types: tuple[str, ...], since, count: int,
+                     after: tuple[int, str] | None) -> tuple[list[Version], tuple[int, str] | None]:
+    """One page of `Patient/{id}/$everything`: the resources of the patient's compartment, type by
+    type (in `types` order) and by id within a type, each type under its own access filter (as a
+    compartment search would be: consent, scopes); `after` = (type index, last id) of the previous
+    page. Returns the page and the position after it (None at the end)."""
+    from fhir_server.storage.documents import F_ID, F_UPDATED
+
+    out: list[Version] = []
+    start_type, last_id = after if after is not None else (0, None)
+    for index in range(start_type, len(types)):
+        rtype = types[index]
+        cf = patient_compartment_filter(rtype, patient)
+        if cf is None:
+            continue
+        access = await records.access.filter("s", rtype, frozenset([patient]))
+        if access is None:
+            continue  # the caller may not search this type: left out, as a compartment search would 403
+        flt = restrict(cf, access)
+        if since is not None:
+            flt = restrict(flt, {F_UPDATED: {"$gte": since}})
+        if index == start_type and last_id is not None:
+            flt = restrict(flt, {F_ID: {"$gt": last_id}})
+        want = count - len(out)
+        page = await records.repo.find_page(rtype, flt, [(F_ID, 1)], want + 1, unit=records.unit_)
+        found = [v for v, _ in page[:want] if await records.access.may_read("s", v.type, v.json)]
+        out += found
+        if len(page) > want:
+            return await records._disclose(out), (index, page[want - 1][0].id)
+        if len(out) >= count:
+            return await records._disclose(out), (index + 1, "") if index + 1 < len(types) else None
+    return await records._disclose(out), None

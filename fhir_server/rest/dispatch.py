@@ -29,6 +29,7 @@ from fhir_server.rest.handlers import (
     bundle,
     capabilities,
     conformance,
+    everything,
     explain,
     history,
     patch,
@@ -39,7 +40,8 @@ from fhir_server.rest.handlers import (
 )
 from fhir_server.rest.result import Result, error_result
 
-OPERATIONS = {"validate": validate.validate, "explain-access": explain.explain_access}
+OPERATIONS = {"validate": validate.validate, "explain-access": explain.explain_access,
+              "everything": everything.everything}
 # reads that run under the database time budget (writes are not cut short half-way)
 BUDGETED = frozenset({k.READ, k.VREAD, k.SEARCH_TYPE, k.SEARCH_SYSTEM, k.HISTORY_INSTANCE, k.HISTORY_TYPE,
                       k.HISTORY_SYSTEM})

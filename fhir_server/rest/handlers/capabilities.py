@@ -117,6 +117,9 @@ def capability_statement(transactions: bool = True, base_url: str = PUBLISHED_BA
             "searchRevInclude": search_revincludes(rtype),
             "searchParam": search_params(rtype),
             "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}]
+            + ([{"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                 "documentation": "The patient's compartment and what it references, through consent; _type, "
+                                  "_since, _count; keyset pages"}] if rtype == "Patient" else [])
             + ([{"name": "explain-access", "definition": "urn:fhir-dmp:OperationDefinition/explain-access",
                  "documentation": "May this professional (actor) read or add to my record, or see this resource "
                                   "of it, and why (the Consents, labels or site policy that decide)?"}]
