@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from datetime import datetime, timezone
 
 from fhir_server.fhir import offload
 from fhir_server.fhir.outcome import FhirError, Issue, operation_outcome
@@ -138,3 +139,16 @@ async def materialize(result: Result) -> None:
     if result.stream is not None:
         result.raw = b"".join([part async for part in result.stream])
         result.stream = None
+
+
+def instant_param(raw: str | None, name: str = "_since") -> datetime | None:
+    """A FHIR instant query parameter (`_since`), in UTC; 400 unless it is one with a time zone."""
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise FhirError(400, "value", f"{name} must be a FHIR instant, not '{raw[:40]}'", [name])
+    if value.tzinfo is None:
+        raise FhirError(400, "value", f"{name} must carry a time zone", [name])
+    return value.astimezone(timezone.utc)

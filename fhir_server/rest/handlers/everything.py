@@ -11,32 +11,17 @@ the caller, so pages are stable while the record changes. No `total` (R4 lets a 
 
 from __future__ import annotations
 
-from datetime import datetime
 from urllib.parse import quote
-
-from orjson import Fragment
 
 from fhir_server.fhir.outcome import FhirError
 from fhir_server.records.search import SearchPage
 from fhir_server.rest.context import RequestContext
-from fhir_server.rest.handlers.common import materialize, set_version_body
+from fhir_server.rest.handlers.common import instant_param
+from fhir_server.rest.handlers.search import entry
 from fhir_server.rest.interaction import Interaction
 from fhir_server.rest.paging import binding, decode_cursor, encode_cursor, page_size
 from fhir_server.rest.result import Result
 from fhir_server.search.parse import Include, SearchQuery
-from fhir_server.storage.documents import Version
-
-
-def _since(raw: str | None) -> datetime | None:
-    if raw is None:
-        return None
-    try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        value = None
-    if value is None or value.tzinfo is None or "T" not in raw:
-        raise FhirError(400, "value", "_since is an instant with a time zone (e.g. 2026-01-01T00:00:00Z)", ["_since"])
-    return value
 
 
 async def everything(ctx: RequestContext, ix: Interaction) -> Result:
@@ -51,7 +36,7 @@ async def everything(ctx: RequestContext, ix: Interaction) -> Result:
             raise FhirError(400, "value", f"_type names types this server does not store: {', '.join(unknown)}",
                             ["_type"])
         types = tuple(t for t in types if t in asked)
-    since = _since(ix.param("_since"))
+    since = instant_param(ix.param("_since"))
     count = page_size(ix.param("_count"), ctx.settings.default_page_size, ctx.settings.max_page_size) or 1
     path = f"Patient/{ix.id}/$everything"
     bound = binding(ctx.principal, path + "?" + ",".join(types) + "|" + (ix.param("_since") or ""))
@@ -65,7 +50,8 @@ async def everything(ctx: RequestContext, ix: Interaction) -> Result:
     matches, position = await ctx.data.everything(ix.id, types, since=since, count=count, after=after)
     query = SearchQuery("Patient", include=[Include("*", "*")])
     included, _ = await ctx.data.includes(query, SearchPage(matches, None, None))
-    entries = [await _entry(ctx, v, "match") for v in matches] + [await _entry(ctx, v, "include") for v in included]
+    entries = [await entry(ctx, v, "match", query) for v in matches]
+    entries += [await entry(ctx, v, "include", query) for v in included]
     params = [f"_count={count}"]
     if wanted:
         params.append("_type=" + quote(",".join(types), safe=","))
@@ -81,10 +67,3 @@ async def everything(ctx: RequestContext, ix: Interaction) -> Result:
         bundle["entry"] = entries
     return Result(status=200, resource=bundle)
 
-
-async def _entry(ctx: RequestContext, v: Version, mode: str) -> dict:
-    result = Result()
-    set_version_body(ctx, result, v)
-    await materialize(result)
-    assert result.raw is not None
-    return {"fullUrl": ctx.url(v.type, v.id), "resource": Fragment(result.raw), "search": {"mode": mode}}

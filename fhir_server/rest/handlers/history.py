@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 from fhir_server.fhir.outcome import FhirError
 from fhir_server.rest.context import RequestContext
-from fhir_server.rest.handlers.common import materialize, set_version_body
+from fhir_server.rest.handlers.common import instant_param, materialize, set_version_body
 from fhir_server.rest.interaction import HISTORY_INSTANCE, HISTORY_SYSTEM, Interaction
 from fhir_server.rest.paging import binding, decode_cursor, encode_cursor, page_size
 from fhir_server.rest.result import Result
@@ -21,22 +21,12 @@ _METHOD = {OP_CREATE: ("POST", "201"), "update": ("PUT", "200"), OP_DELETE: ("DE
 _KNOWN = {"_count", "_since", "_at", "_format", "_pretty", "_cursor", "_list"}
 
 
-def _since(raw: str | None) -> datetime | None:
-    if raw is None:
-        return None
-    try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise FhirError(400, "value", f"_since must be a FHIR instant, not '{raw[:40]}'", ["_since"])
-    if value.tzinfo is None:
-        raise FhirError(400, "value", "_since must carry a time zone", ["_since"])
-    return value.astimezone(timezone.utc)
 
 
 async def history(ctx: RequestContext, ix: Interaction) -> Result:
     s = ctx.settings
     count = page_size(ix.param("_count"), s.default_page_size, s.max_page_size)
-    since = _since(ix.param("_since"))
+    since = instant_param(ix.param("_since"))
     for name, _ in ix.params:
         if name not in _KNOWN:
             raise FhirError(400, "not-supported", f"history does not support the parameter '{name}'", [name])

@@ -75,9 +75,9 @@ async def search(ctx: RequestContext, ix: Interaction) -> Result:
     bundle: dict = {"resourceType": "Bundle", "type": "searchset"}
     if total is not None and query.total != "none":
         bundle["total"] = total
-    entries = [await _entry(ctx, v, "match", query) for v in page.matches]
+    entries = [await entry(ctx, v, "match", query) for v in page.matches]
     included, truncated = await ctx.data.includes(query, page)
-    entries += [await _entry(ctx, v, "include", query) for v in included]
+    entries += [await entry(ctx, v, "include", query) for v in included]
     for notice in page.notices:
         entries.append({"resource": operation_outcome([Issue("information", "informational", notice)]),
                         "search": {"mode": "outcome"}})
@@ -101,7 +101,8 @@ async def search(ctx: RequestContext, ix: Interaction) -> Result:
     return Result(status=200, resource=bundle)
 
 
-async def _entry(ctx: RequestContext, v: Version, mode: str, query: SearchQuery) -> dict:
+async def entry(ctx: RequestContext, v: Version, mode: str, query: SearchQuery) -> dict:
+    """A searchset entry for a version (subset per `_summary`/`_elements`)."""
     result = Result()
     set_version_body(ctx, result, v)
     await materialize(result)
