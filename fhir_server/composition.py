@@ -5,7 +5,7 @@ see the same repository layout and indexes; tests inject policies and hooks thro
 
 Where future concerns plug in (docs/decisions.md, "The request path"): patient consent and
 break-glass are `Policy` objects handed to the `AccessDecisionPoint`; audit and provenance are
-`Hook` objects handed to `Hooks`.
+`Hook` objects handed to `Hooks` (records/audit.py: the BALP audit trail).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from fhir_server.access.audit_readers import AuditReaders
 from fhir_server.access.consent import ConsentPolicy
 from fhir_server.access.decision import AccessDecisionPoint, Policy
 from fhir_server.access.epoch import ENV_FILE, DatabaseEpoch, HostEpoch, NoEpoch
@@ -27,9 +28,11 @@ from fhir_server.engine.capabilities import EngineCapabilities, detect
 from fhir_server.fhir.identifiers import unique_keys
 from fhir_server.fhir.profiles import Profiles
 from fhir_server.fhir.types import SUPPORTED_TYPES
+from fhir_server.records.audit import AuditHook
 from fhir_server.records.hooks import Hook, Hooks
 from fhir_server.records.invalidation import ConsentChanges
 from fhir_server.records.notices import BreakGlassLog
+from fhir_server.records.trail import AuditTrail
 from fhir_server.search.extract import index_fields, index_specs
 from fhir_server.storage.binaries import BinaryStore
 from fhir_server.storage.repository import Repository
@@ -48,6 +51,7 @@ class Services:
     cursor_key: bytes
     auth: AuthServer | None = None
     profiles: Profiles = Profiles(())  # the published StructureDefinitions (fhir/profiles.py)
+    trail: AuditTrail | None = None  # the audit trail (records/trail.py)
 
     async def ping(self) -> None:
         await self.repository.client.admin.command("ping")
@@ -93,8 +97,10 @@ async def build(settings: Settings, client: AsyncMongoClient, *, policies: Seque
     epoch = consent_epoch(settings, db)
     await epoch.bump()  # whatever a crashed predecessor changed without telling: start afresh everywhere
     consent = ConsentPolicy(settings.consent_default_policy, epoch)
-    hooks = [ConsentChanges(epoch), *hooks]
+    trail = AuditTrail(repo, enabled=settings.audit)
+    await trail.ensure_indexes()
+    hooks = [ConsentChanges(epoch), *hooks, AuditHook(trail)]  # audit last: it hears every outcome
     auth = AuthServer(settings, db, PatientPicker(repo, consent), on_break_glass=BreakGlassLog(repo).declared)
     await auth.start()
-    return Services(settings, repo, engine, AccessDecisionPoint([consent, *policies]), Hooks(hooks),
-                    await shared_secret(db, "cursor-key"), auth, profiles)
+    return Services(settings, repo, engine, AccessDecisionPoint([consent, AuditReaders(), *policies]), Hooks(hooks),
+                    await shared_secret(db, "cursor-key"), auth, profiles, trail)

@@ -28,6 +28,7 @@ class InProcessServer:
     database: str = field(default_factory=lambda: "t_" + uuid.uuid4().hex[:12])
     base: str = ""
     _server: uvicorn.Server | None = None
+    app: object = None
     _thread: threading.Thread | None = None
 
     @property
@@ -48,6 +49,7 @@ class InProcessServer:
                             max_resource_bytes=TEST_MAX_RESOURCE,
                             log_level="WARNING", _env_file=None)
         app = create_app(settings, policies=self.policies, hooks=self.hooks)
+        self.app = app
         self._server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False))
         self._thread = threading.Thread(target=lambda: asyncio.run(self._server.serve(sockets=[sock])), daemon=True)
         self._thread.start()

@@ -57,10 +57,20 @@ def test_break_glass_reads_one_record_for_a_bounded_time_and_tells_the_patient(w
         assert c.post("/DocumentReference", json=document(pid), headers=FHIR).status_code == 403  # read only
     with w.client(token) as c:  # the patient sees who broke the glass, when and why
         events = c.get("/AuditEvent", params={"patient": pid}).json()["entry"]
-        btg = [e["resource"] for e in events if e["resource"]["purposeOfEvent"][0]["coding"][0]["code"] == "BTG"]
-        assert len(btg) == 1
-        assert btg[0]["agent"][0]["who"]["reference"] == w.pr("btg")
-        assert btg[0]["purposeOfEvent"][0]["text"] == "unconscious patient, emergency department"
+        declared = [e["resource"] for e in events if e["resource"]["type"]["code"] == "110113"]
+        assert len(declared) == 1 and declared[0]["subtype"][0]["code"] == "110127"
+        assert declared[0]["agent"][0]["who"]["reference"] == w.pr("btg")
+        assert declared[0]["purposeOfEvent"][0]["text"] == "unconscious patient, emergency department"
+        # each access made with the emergency token is audited with its purpose and reason (BALP)
+        reads = [e["resource"] for e in events if e["resource"]["type"]["code"] == "rest"
+                 and e["resource"]["subtype"][0]["code"] == "read"
+                 and any(x["what"].get("reference", "").startswith(f"DocumentReference/{doc}/_history/")
+                         for x in e["resource"]["entity"])]
+        assert len(reads) == 1
+        user = reads[0]["agent"][0]
+        assert user["who"]["reference"] == w.pr("btg") and user["requestor"] is True
+        assert user["purposeOfUse"][0]["coding"][0]["code"] == "BTG"
+        assert user["purposeOfUse"][0]["text"] == "unconscious patient, emergency department"
 
 
 @pytest.mark.parametrize("case", ["refused", "blocked", "closed"])

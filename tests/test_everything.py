@@ -17,10 +17,17 @@ COMPARTMENT = {  # type -> the elements that put a resource in a patient's compa
     "Consent": lambda r, ref: r.get("patient", {}).get("reference") == ref,
     "Binary": lambda r, ref: r.get("securityContext", {}).get("reference") == ref,
     "List": lambda r, ref: r.get("subject", {}).get("reference") == ref or r.get("source", {}).get("reference") == ref,
-    "AuditEvent": lambda r, ref: any(a.get("who", {}).get("reference") == ref for a in r.get("agent", []))
-    or any(e.get("what", {}).get("reference") == ref for e in r.get("entity", [])),
+    # the server's own audit trail grows with every request of this test (the walks included): left out
+    "AuditEvent": lambda r, ref: not _trail(r) and (
+        any(a.get("who", {}).get("reference") == ref for a in r.get("agent", []))
+        or any(e.get("what", {}).get("reference") == ref for e in r.get("entity", []))),
     "Provenance": lambda r, ref: any(t.get("reference") == ref for t in r.get("target", [])),
 }
+
+
+def _trail(r: dict) -> bool:
+    """An AuditEvent the server wrote for a REST interaction (records/audit.py)."""
+    return r.get("resourceType") == "AuditEvent" and r.get("type", {}).get("code") == "rest"
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +77,8 @@ def _walk(w, who: str, pid: str, **params) -> tuple[list[str], set[str], int]:
             bundle = r.json()
             pages += 1
             for e in bundle.get("entry", []):
+                if _trail(e["resource"]):
+                    continue
                 key = f"{e['resource']['resourceType']}/{e['resource']['id']}"
                 (matches.append if e["search"]["mode"] == "match" else included.add)(key)
             nxt = [link["url"] for link in bundle["link"] if link["relation"] == "next"]

@@ -25,7 +25,7 @@ from fhir_server.access.decision import Access, Effect
 from fhir_server.fhir import dmp
 from fhir_server.fhir.outcome import FhirError, gone, not_found
 from fhir_server.fhir.profiles import Profiles
-from fhir_server.records import search
+from fhir_server.records import search, trail
 from fhir_server.records.hooks import Event, Hooks
 from fhir_server.records.search import SearchPage
 from fhir_server.storage.documents import Version, history_id
@@ -394,6 +394,15 @@ class Records:
             raise forbidden(str(exc)) from None
         except ValueError as exc:
             raise FhirError(400, "value", str(exc)) from None
+
+    # --- the audit trail ------------------------------------------------------------------------
+
+    async def verify_audit(self) -> tuple[list[dict], int]:
+        """Check the audit trail's hash chains (records/trail.py): (findings, chains checked). Only
+        for a caller who may search every AuditEvent, unfiltered."""
+        if self.access.decide("s", "AuditEvent").effect is not Effect.PERMIT:
+            raise forbidden("verifying the audit trail needs an unrestricted AuditEvent search permission")
+        return await trail.verify(self.repo)
 
     # --- units of work ---------------------------------------------------------------------------
 

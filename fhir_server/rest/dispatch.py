@@ -36,13 +36,16 @@ from fhir_server.rest.handlers import (
     read,
     search,
     validate,
+    verify,
     write,
 )
 from fhir_server.rest.result import Result, error_result
 
 OPERATIONS = {"validate": validate.validate, "explain-access": explain.explain_access,
-              "everything": everything.everything}
+              "everything": everything.everything, "verify": verify.verify}
 # reads that run under the database time budget (writes are not cut short half-way)
+# the trail of what happened is never rewritten, by anyone (issue 10: 405 for everyone)
+IMMUTABLE = frozenset({"AuditEvent", "Provenance"})
 BUDGETED = frozenset({k.READ, k.VREAD, k.SEARCH_TYPE, k.SEARCH_SYSTEM, k.HISTORY_INSTANCE, k.HISTORY_TYPE,
                       k.HISTORY_SYSTEM})
 
@@ -68,6 +71,8 @@ async def _bind(ctx: RequestContext, ix: Interaction, event: Event) -> RequestCo
     """This interaction's context: its access decisions and its data handle."""
     services = ctx.services
     access = await services.access.prepare(ctx.principal, ix, services.repository)
+    if ix.type in IMMUTABLE and ix.kind in (k.UPDATE, k.PATCH, k.DELETE):
+        raise FhirError(405, "not-supported", f"{ix.type} records are immutable: no update, patch or delete")
     if ix.kind not in k.PUBLIC and ix.kind != k.BUNDLE:
         perm = permission(ix)
         if perm is None:
@@ -125,7 +130,11 @@ async def dispatch(ctx: RequestContext, ix: Interaction) -> Result:
                                                     or exc.code in (112, 251)):  # WriteConflict
             error = FhirError(409, "conflict", "a concurrent change conflicted; try again")
         else:
+            await hooks.finished(event, 500, FhirError(500, "exception", "internal error"))
             raise
+    except Exception:
+        await hooks.finished(event, 500, FhirError(500, "exception", "internal error"))  # audited, then logged
+        raise
     if error is not None:
         result = error_result(error)
     await hooks.finished(event, result.status, error)

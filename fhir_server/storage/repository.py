@@ -53,6 +53,8 @@ from fhir_server.storage.transactions import COMMITTED, H_TX, AppTransaction, re
 from fhir_server.storage.unique import UniqueKeys
 
 MAX_WRITE_ATTEMPTS = 64
+# types whose server-written records are stored once by `append` (no history entry): the audit trail
+APPEND_ONLY = frozenset({"AuditEvent"})
 MAX_SPLIT = 1001  # ids looked up one by one where the engine cannot use an index for `$in`
 
 
@@ -93,7 +95,7 @@ def _no_unique_keys(rtype: str, resource: dict) -> list[str]:
     return []
 
 
-async def _ensure(collection, models: list[IndexModel]) -> None:
+async def ensure_indexes_of(collection, models: list[IndexModel]) -> None:
     """Create missing indexes one by one, by name.
 
     FerretDB v1.24 crashes the connection when one createIndexes command names several indexes
@@ -165,12 +167,12 @@ class Repository:
     async def ensure_indexes(self) -> None:
         """Create the indexes that are missing; safe to run at every start-up."""
         for t in self.types:
-            await _ensure(self._history[t], [
+            await ensure_indexes_of(self._history[t], [
                 IndexModel([(H_RESOURCE_ID, ASCENDING), (F_VERSION, DESCENDING)], name="rid_v"),
                 IndexModel([(F_UPDATED, DESCENDING), (F_ID, DESCENDING)], name="lu_id"),
                 IndexModel([(H_TX, ASCENDING)], name="tx", sparse=True),
             ])
-            await _ensure(self._current[t], [IndexModel([(F_UPDATED, DESCENDING), (F_ID, DESCENDING)], name="lu_id"),
+            await ensure_indexes_of(self._current[t], [IndexModel([(F_UPDATED, DESCENDING), (F_ID, DESCENDING)], name="lu_id"),
                                              *self._index_specs(t)])
         await self.binaries.ensure_indexes()
 
@@ -231,6 +233,8 @@ class Repository:
         doc = await self._history[rtype].find_one(
             {H_RESOURCE_ID: rid, **COMMITTED}, sort=[(F_VERSION, DESCENDING)], session=_s(unit)
         )
+        if doc is None and rtype in APPEND_ONLY:
+            return await self._appended(rtype, rid)
         return Version.from_history(rtype, doc) if doc is not None else None
 
     async def vread(self, rtype: str, rid: str, version: int, unit: Unit | None = None
@@ -240,7 +244,39 @@ class Repository:
         if tx is not None and (rtype, rid) in tx.writes and tx.writes[(rtype, rid)][0][F_ID] == hid:
             return Version.from_history(rtype, tx.writes[(rtype, rid)][0])
         doc = await self._history[rtype].find_one({F_ID: hid, **COMMITTED}, session=_s(unit))
+        if doc is None and version == 1 and rtype in APPEND_ONLY:
+            return await self._appended(rtype, rid)
         return Version.from_history(rtype, doc) if doc is not None else None
+
+    async def _appended(self, rtype: str, rid: str) -> Version | None:
+        """A write-once record stored by `append` (its current document is its only version)."""
+        doc = await self._current[rtype].find_one({F_ID: rid, F_VERSION: 1})
+        if doc is None:
+            return None
+        v = Version.from_current(rtype, doc)
+        v.op = OP_CREATE
+        return v
+
+    def stamped_json(self, rtype: str, resource: dict, version: int, last_updated: str) -> bytes:
+        """The JSON a write-once record is stored and served as (resourceType, id, meta first)."""
+        meta = dict(resource.get("meta") or {})
+        meta["versionId"] = str(version)
+        meta["lastUpdated"] = last_updated
+        stamped = {"resourceType": rtype, "id": resource["id"], "meta": meta}
+        stamped.update((k, v) for k, v in resource.items() if k not in stamped)
+        return orjson.dumps(stamped)
+
+    async def append(self, rtype: str, records: list[tuple[dict, dict]]) -> None:
+        """Insert write-once records (the audit trail) with one `insert_many`: version 1, no
+        history entry, the search index fields of the resource. `records` are (resource, fields),
+        where fields hold the stored JSON (`_json`, see `stamped_json`) and any of our own fields."""
+        docs = []
+        for resource, fields in records:
+            doc = {F_ID: resource["id"], F_VERSION: 1, F_UPDATED: datetime.fromisoformat(resource["recorded"]), **fields}
+            doc.update(self._index_fields(resource))
+            docs.append(doc)
+        if docs:
+            await self._current[rtype].insert_many(docs, ordered=True)
 
     async def history(
         self,

@@ -1,0 +1,286 @@
+"""Every FHIR interaction traced as IHE BALP AuditEvents, durable before the response.
+
+A `Hook` (records/hooks.py), plugged in by composition.build, never called by handlers. It hears
+each interaction `started` (a stack per request: Bundle entries and conditional re-runs nest
+under the request that carries them), collects what `Records` reported as disclosed and
+written, and at `finished` turns the interaction into AuditEvents after BALP
+(https://profiles.ihe.net/ITI/BALP/): type `rest`, subtype the restful-interaction code, action
+C/R/U/D/E, outcome 0/4/8/12 with the OperationOutcome's text, the user, client and server agents,
+and entities for the patient, each disclosed or written version, the query and the request id.
+One AuditEvent per patient whose data the interaction disclosed or wrote (BALP's
+PatientRead/PatientQuery carry one patient each), or one without a patient.
+
+When the outermost interaction of a request finishes, all of the request's events go to the
+`AuditTrail` (records/trail.py) and the hook waits until they are stored; if they cannot be, it
+raises a 503 FhirError, which replaces the response: nothing is disclosed unaudited (fail
+closed). The published definitions (capabilities, profiles) hold no personal data and are not
+audited.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextvars
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+from fhir_server.access.compartment import about_patients
+from fhir_server.auth.principal import Principal
+from fhir_server.fhir import interactions as k
+from fhir_server.fhir.outcome import FhirError
+from fhir_server.records.hooks import Event, Hook
+from fhir_server.records.trail import AuditTrail
+from fhir_server.storage.documents import Version, fhir_instant, now_ms
+
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+EVENT_TYPE = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
+              "display": "Restful Operation"}
+INTERACTION = "http://hl7.org/fhir/restful-interaction"
+ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
+OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+BALP_ENTITY = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType"
+PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
+ROLE_SYSTEM = "urn:fhir-dmp:role"
+CLIENT_SYSTEM = "urn:fhir-dmp:client-id"
+USER_SYSTEM = "urn:fhir-dmp:user"
+
+# BALP: Create C, Read/vread R, Update/patch U, Delete D; Query (search, history) and operations E
+ACTION = {k.CREATE: "C", k.READ: "R", k.VREAD: "R", k.UPDATE: "U", k.PATCH: "U", k.DELETE: "D"}
+SUBTYPE = {k.READ: "read", k.VREAD: "vread", k.UPDATE: "update", k.PATCH: "patch", k.DELETE: "delete",
+           k.CREATE: "create", k.SEARCH_TYPE: "search-type", k.SEARCH_SYSTEM: "search-system",
+           k.HISTORY_INSTANCE: "history-instance", k.HISTORY_TYPE: "history-type",
+           k.HISTORY_SYSTEM: "history-system", k.OPERATION: "operation"}
+QUERIES = frozenset({k.SEARCH_TYPE, k.SEARCH_SYSTEM, k.HISTORY_INSTANCE, k.HISTORY_TYPE, k.HISTORY_SYSTEM})
+NOT_AUDITED = k.PUBLIC  # the server's own published definitions: no personal data
+
+
+@dataclass(slots=True)
+class _Seen:
+    """What one interaction touched."""
+
+    event: Event
+    disclosed: list[Version] = field(default_factory=list)
+    written: list[Version] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Request:
+    stack: list[_Seen] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)
+
+
+def outcome_code(status: int) -> str:
+    """R4 audit-event-outcome: 0 success, 4 minor failure (the caller's), 8 serious (the server's,
+    e.g. unavailable), 12 major (an internal error)."""
+    if status < 400:
+        return "0"
+    if status < 500:
+        return "4"
+    return "12" if status == 500 else "8"
+
+
+def _coding(system: str, code: str, display: str | None = None) -> dict:
+    return {"system": system, "code": code, **({"display": display} if display else {})}
+
+
+def _purposes(p: Principal) -> list[dict]:
+    out = []
+    for code in p.purpose_of_use:
+        concept: dict = {"coding": [_coding(ACT_REASON, code)]}
+        if code == "BTG" and p.btg_reason:
+            concept["text"] = p.btg_reason
+        out.append(concept)
+    return out
+
+
+def agents(p: Principal, base_url: str | None = None) -> list[dict]:
+    """The user (requestor, with role and purpose of use), the client application (BALP Source Role
+    ID; the requestor when no user is involved) and this server (Destination Role ID). Never a token."""
+    out = []
+    purposes = _purposes(p)
+    if p.kind in ("user", "developer"):
+        who = {"reference": p.fhir_user} if p.fhir_user else {"identifier": {"system": USER_SYSTEM,
+                                                                             "value": str(p.subject)}}
+        user: dict = {"type": {"coding": [_coding(PARTICIPATION, "IRCP", "information recipient")]},
+                      "who": who, "requestor": True}
+        if p.role:
+            user["role"] = [{"coding": [_coding(ROLE_SYSTEM, p.role)]}]
+        if purposes:
+            user["purposeOfUse"] = purposes
+        out.append(user)
+    if p.client_id or p.kind == "client":
+        client: dict = {"type": {"coding": [_coding(DCM, "110153", "Source Role ID")]},
+                        "who": {"identifier": {"system": CLIENT_SYSTEM, "value": str(p.client_id or p.subject)}},
+                        "requestor": p.kind == "client"}
+        if p.kind == "client" and p.organization:
+            client["who"]["display"] = p.organization
+        if p.kind == "client" and purposes:
+            client["purposeOfUse"] = purposes
+        out.append(client)
+    if not out:  # anonymous: still someone asked
+        out.append({"who": {"display": "anonymous"}, "requestor": True})
+    server: dict = {"type": {"coding": [_coding(DCM, "110152", "Destination Role ID")]},
+                    "who": {"display": "fhir-server"}, "requestor": False}
+    if base_url:
+        server["network"] = {"address": base_url, "type": "5"}
+    out.append(server)
+    return out
+
+
+def _patients_of(v: Version) -> set[str]:
+    if v.json is None:
+        return set()
+    try:
+        return about_patients(v.type, orjson.loads(v.json))
+    except Exception:
+        return set()
+
+
+def _asked_patient(event: Event) -> str | None:
+    """The patient an interaction is about when nothing was disclosed (a refusal, a failure)."""
+    ix = event.interaction
+    if ix.compartment:
+        return ix.compartment
+    if ix.type == "Patient" and ix.id:
+        return ix.id
+    return event.principal.patient
+
+
+def build_events(seen: _Seen, status: int, error: FhirError | None, source: str) -> list[dict]:
+    """The AuditEvents of one finished interaction (one per patient concerned, or one)."""
+    ev = seen.event
+    ix = ev.interaction
+    recorded = fhir_instant(now_ms())
+    by_patient: dict[str | None, list[Version]] = {}
+    for v in [*seen.written, *seen.disclosed]:
+        pids: set[str | None] = set(_patients_of(v)) or {None}
+        for pid in pids:
+            by_patient.setdefault(pid, []).append(v)
+    if not by_patient:
+        by_patient[_asked_patient(ev)] = []
+    elif None in by_patient and len(by_patient) > 1:  # resources of no one go with every patient's event
+        shared = by_patient.pop(None)
+        for vs in by_patient.values():
+            vs.extend(shared)
+    subtype = SUBTYPE.get(ix.kind, "operation")
+    if ix.kind == k.BUNDLE:
+        subtype = "batch" if _bundle_type(ix) == "batch" else "transaction"
+    base: dict = {
+        "resourceType": "AuditEvent",
+        "type": EVENT_TYPE,
+        "subtype": [_coding(INTERACTION, subtype)],
+        "action": ACTION.get(ix.kind, "E"),
+        "recorded": recorded,
+        "outcome": outcome_code(status),
+        "agent": agents(ev.principal),
+        "source": {"site": "fhir-server", "observer": {"display": "fhir-server"},
+                   "type": [_coding(SOURCE_TYPE, "4", "Application Server")]},
+    }
+    if status >= 400:
+        text = "; ".join(i.diagnostics for i in error.issues if i.diagnostics) if error else ""
+        base["outcomeDesc"] = (text or f"HTTP {status}")[:1000]
+    purposes = _purposes(ev.principal)
+    if purposes:
+        base["purposeOfEvent"] = purposes
+    common: list[dict] = []
+    if ix.kind in QUERIES or (ix.kind == k.OPERATION and ix.params):
+        query = "&".join(f"{a}={b}" for a, b in ix.params)
+        common.append({"type": _coding(ENTITY_TYPE, "2", "System Object"), "role": _coding(OBJECT_ROLE, "24", "Query"),
+                       "query": base64.b64encode(query.encode()).decode(),
+                       "description": f"{ix.method} {ix.path_for_links() or ''}".strip()})
+    if ix.kind == k.OPERATION and ix.operation:
+        common.append({"type": _coding(ENTITY_TYPE, "2", "System Object"), "name": f"${ix.operation}",
+                       **({"what": {"reference": f"{ix.type}/{ix.id}"}} if ix.type and ix.id else {})})
+    if ev.request_id:
+        common.append({"type": _coding(BALP_ENTITY, "XrequestId", "X-Request-Id"),
+                       "what": {"identifier": {"value": ev.request_id}}})
+    out = []
+    for pid, versions in by_patient.items():
+        entities = []
+        if pid is not None:
+            entities.append({"what": {"reference": f"Patient/{pid}"}, "type": _coding(ENTITY_TYPE, "1", "Person"),
+                             "role": _coding(OBJECT_ROLE, "1", "Patient")})
+        done = set()
+        for v in versions:
+            ref = f"{v.type}/{v.id}/_history/{v.version}"
+            if ref in done:
+                continue
+            done.add(ref)
+            entities.append({"what": {"reference": ref}, "type": _coding(ENTITY_TYPE, "2", "System Object"),
+                             "role": _coding(OBJECT_ROLE, "4", "Domain Resource")})
+        if not versions and pid is None and ix.type and ix.id and ix.kind not in (k.CREATE,):
+            entities.append({"what": {"reference": f"{ix.type}/{ix.id}"},
+                             "type": _coding(ENTITY_TYPE, "2", "System Object"),
+                             "role": _coding(OBJECT_ROLE, "4", "Domain Resource")})
+        out.append({**base, "id": str(uuid.uuid4()), "entity": entities + common})
+    return out
+
+
+def _bundle_type(ix) -> str | None:
+    try:
+        return (ix.resource or orjson.loads(ix.body or b"{}")).get("type")
+    except Exception:
+        return None
+
+
+_REQUEST: contextvars.ContextVar[_Request | None] = contextvars.ContextVar("audit_request", default=None)
+
+
+class AuditHook(Hook):
+    """Collects each request's interactions and stores their AuditEvents before it answers. The
+    request's state lives in a context variable (each HTTP request runs in its own task), not under
+    the X-Request-Id, which a client chooses."""
+
+    def __init__(self, trail: AuditTrail, source: str = "fhir-server") -> None:
+        self.trail = trail
+        self.source = source
+
+    async def started(self, event: Event) -> None:
+        if event.interaction.kind in NOT_AUDITED:
+            return
+        req = _REQUEST.get()
+        if req is None or not req.stack:
+            req = _Request()
+            _REQUEST.set(req)
+        req.stack.append(_Seen(event))
+
+    def _current(self, event: Event) -> _Seen | None:
+        req = _REQUEST.get()
+        if req is None or not req.stack:
+            return None
+        for seen in reversed(req.stack):
+            if seen.event is event:
+                return seen
+        return req.stack[-1]  # a conditional interaction re-run on the matched id: the same interaction
+
+    async def disclosed(self, event: Event, versions: Sequence[Version]) -> None:
+        seen = self._current(event)
+        if seen is not None:
+            seen.disclosed.extend(versions)
+
+    async def written(self, event: Event, before: Version | None, after: Version | None) -> None:
+        seen = self._current(event)
+        if seen is not None and after is not None:
+            seen.written.append(after)
+
+    async def finished(self, event: Event, status: int, error: FhirError | None) -> None:
+        if event.interaction.kind in NOT_AUDITED:
+            return
+        req = _REQUEST.get()
+        if req is None or not req.stack:
+            return
+        seen = req.stack.pop()
+        req.events.extend(build_events(seen, status, error, self.source))
+        if req.stack:
+            return  # an entry of a Bundle: stored with the Bundle's own event
+        _REQUEST.set(None)
+        try:
+            await self.trail.store(req.events)
+        except Exception as exc:
+            raise FhirError(503, "transient", "the audit trail cannot be written; nothing was disclosed. Try again "
+                                              "later", headers={"Retry-After": "1"}) from exc

@@ -1,0 +1,222 @@
+"""The audit trail (issue 10): BALP AuditEvents for every interaction, stored before the response
+(fail closed), group-committed, hash-chained and verified by `AuditEvent/$verify`; AuditEvent and
+Provenance immutable. Expectations from IHE BALP (profiles.ihe.net/ITI/BALP) and R4 AuditEvent."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+
+import orjson
+import pytest
+from pymongo import MongoClient
+
+from fhir_server import composition
+from fhir_server.fhir.validation import validate_resource
+from tests.consent_world import FHIR
+from tests.dmp import document
+from tests.inprocess import InProcessServer
+
+REST = "http://terminology.hl7.org/CodeSystem/audit-event-type"
+
+
+@pytest.fixture(scope="module")
+def w(consent_world):
+    return consent_world
+
+
+def _events(server, request_id: str) -> list[dict]:
+    """The AuditEvents of one request, straight from the database."""
+    with MongoClient(server.mongodb_uri) as client:
+        docs = client[server.database]["AuditEvent"].find({}, projection={"_json": 1})
+        found = [orjson.loads(d["_json"]) for d in docs]
+    return [e for e in found if any(x.get("what", {}).get("identifier", {}).get("value") == request_id
+                                    for x in e.get("entity", []))]
+
+
+def _refs(event: dict) -> set[str]:
+    return {x["what"]["reference"] for x in event["entity"] if "reference" in x.get("what", {})}
+
+
+def _rid() -> dict:
+    return {"X-Request-Id": uuid.uuid4().hex}
+
+
+def test_a_read_is_audited_per_balp_with_the_versioned_resource_and_the_patient(w):
+    h = _rid()
+    with w.client("auth") as c:
+        r = c.get(f"/DocumentReference/{w.doc_a}", headers=h)
+    assert r.status_code == 200
+    [event] = _events(w.server, h["X-Request-Id"])
+    validate_resource(event, expected_type="AuditEvent")
+    assert event["type"] == {"system": REST, "code": "rest", "display": "Restful Operation"}
+    assert event["subtype"][0]["code"] == "read" and event["action"] == "R" and event["outcome"] == "0"
+    version = r.json()["meta"]["versionId"]
+    assert _refs(event) == {f"Patient/{w.a}", f"DocumentReference/{w.doc_a}/_history/{version}"}
+    user = [a for a in event["agent"] if a.get("requestor")]
+    assert len(user) == 1 and user[0]["who"]["reference"] == w.pr("auth")
+    assert any(a["type"]["coding"][0]["code"] == "110153" for a in event["agent"])  # the client app
+    assert any(a["type"]["coding"][0]["code"] == "110152" for a in event["agent"])  # this server
+    assert w.tokens["auth"] not in orjson.dumps(event).decode()  # never a token
+
+
+def test_a_search_over_two_records_gives_one_event_per_patient_with_the_query(w):
+    h = _rid()
+    with w.client("operator") as c:
+        r = c.get("/DocumentReference", params={"patient": f"{w.a},{w.b}", "_count": "200"}, headers=h)
+    assert r.status_code == 200
+    found = {e["resource"]["id"]: e["resource"] for e in r.json()["entry"]}
+    events = _events(w.server, h["X-Request-Id"])
+    assert len(events) == 2
+    by_patient = {next(x for x in e["entity"] if x.get("role", {}).get("code") == "1")["what"]["reference"]: e
+                  for e in events}
+    assert set(by_patient) == {f"Patient/{w.a}", f"Patient/{w.b}"}
+    for pid in (w.a, w.b):
+        event = by_patient[f"Patient/{pid}"]
+        validate_resource(event, expected_type="AuditEvent")
+        assert event["subtype"][0]["code"] == "search-type" and event["action"] == "E"
+        mine = {f"DocumentReference/{i}/_history/{d['meta']['versionId']}" for i, d in found.items()
+                if d["subject"]["reference"] == f"Patient/{pid}"}
+        assert mine and _refs(event) - {f"Patient/{pid}"} == mine
+        [query] = [x for x in event["entity"] if x.get("role", {}).get("code") == "24"]
+        assert base64.b64decode(query["query"]).decode().startswith(f"patient={w.a},{w.b}")
+
+
+def test_a_refusal_and_a_failure_are_audited_with_their_outcome(w):
+    h = _rid()
+    with w.client("none") as c:  # not authorized by Alice: 404, nothing disclosed
+        assert c.get(f"/DocumentReference/{w.doc_a}", headers=h).status_code == 404
+    [event] = _events(w.server, h["X-Request-Id"])
+    validate_resource(event, expected_type="AuditEvent")
+    assert event["outcome"] == "4" and "is not known" in event["outcomeDesc"]
+    assert _refs(event) == {f"DocumentReference/{w.doc_a}"}  # the id asked for, no version disclosed
+    h = _rid()
+    with w.client("auth") as c:  # a create that fails validation
+        assert c.post("/DocumentReference", json={"resourceType": "DocumentReference"}, headers={**FHIR, **h}
+                      ).status_code in (400, 422)
+    [event] = _events(w.server, h["X-Request-Id"])
+    assert event["action"] == "C" and event["outcome"] == "4" and event["outcomeDesc"]
+
+
+def test_every_bundle_entry_is_audited(w):
+    h = _rid()
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": f"DocumentReference/{w.doc_a}"}},
+        {"request": {"method": "POST", "url": "DocumentReference"}, "resource": document(w.a, author=w.pr("auth"))},
+        {"request": {"method": "GET", "url": f"DocumentReference/{w.doc_b}"}}]}
+    with w.client("auth") as c:
+        r = c.post("/", json=bundle, headers={**FHIR, **h})
+    assert r.status_code == 200
+    events = _events(w.server, h["X-Request-Id"])
+    kinds = sorted(e["subtype"][0]["code"] for e in events)
+    assert kinds == ["batch", "create", "read", "read"]
+    created = r.json()["entry"][1]["response"]["location"].split("DocumentReference/")[1].split("/")
+    [create] = [e for e in events if e["action"] == "C"]
+    assert f"DocumentReference/{created[0]}/_history/1" in _refs(create) and create["outcome"] == "0"
+
+
+@pytest.mark.parametrize("rtype", ["AuditEvent", "Provenance"])
+def test_audit_and_provenance_are_immutable_for_everyone(w, rtype):
+    with w.client("operator") as c:
+        some = c.get(f"/{rtype}", params={"_count": "1"}).json().get("entry")
+        rid = some[0]["resource"]["id"] if some else "any"
+        assert c.put(f"/{rtype}/{rid}", json={"resourceType": rtype, "id": rid}, headers=FHIR).status_code == 405
+        assert c.delete(f"/{rtype}/{rid}").status_code == 405
+        assert c.patch(f"/{rtype}/{rid}", content=b"[]", headers={"Content-Type": "application/json-patch+json"}
+                       ).status_code == 405
+
+
+def test_the_chains_of_two_workers_verify_and_vread_serves_an_event(w):
+    with w.client("operator") as c:
+        r = c.get("/AuditEvent/$verify")
+        assert r.status_code == 200, r.text
+        assert r.json()["issue"][0]["severity"] == "information", r.text
+        event = c.get("/AuditEvent", params={"_sort": "-date", "_count": "1"}).json()["entry"][0]["resource"]
+        assert c.get(f"/AuditEvent/{event['id']}/_history/1").json()["id"] == event["id"]
+    with w.client("auth") as c:
+        assert c.get("/AuditEvent/$verify").status_code == 403
+
+
+def _verify(srv) -> list[str]:
+    with srv.client() as c:
+        r = c.get("/AuditEvent/$verify")
+    assert r.status_code == 200, r.text
+    return [i["diagnostics"] for i in r.json()["issue"] if i["severity"] == "error"]
+
+
+def _chain(uri: str, db: str) -> tuple[list[dict], object]:
+    client: MongoClient = MongoClient(uri)
+    coll = client[db]["AuditEvent"]
+    chains = coll.distinct("_ac")
+    longest = max(chains, key=lambda ch: coll.count_documents({"_ac": ch}))
+    return list(coll.find({"_ac": longest}, sort=[("_as", 1)])), client
+
+
+@pytest.mark.parametrize("tamper", ["alter", "remove", "swap"])
+def test_tampering_with_the_database_is_detected_and_named(ferretdb_uri, tamper):
+    with InProcessServer(ferretdb_uri, insecure=True) as srv:
+        with srv.client() as c:
+            pid = c.post("/Patient", json={"resourceType": "Patient"}, headers=FHIR).json()["id"]
+            for _ in range(6):
+                assert c.get(f"/Patient/{pid}").status_code == 200
+        assert _verify(srv) == []
+        records, client = _chain(ferretdb_uri, srv.database)
+        coll = client[srv.database]["AuditEvent"]
+        victim = records[3]
+        if tamper == "alter":  # the outcome of one access rewritten
+            body = orjson.loads(victim["_json"])
+            body["outcome"] = "4"
+            coll.update_one({"_id": victim["_id"]}, {"$set": {"_json": orjson.dumps(body)}})
+        elif tamper == "remove":
+            coll.delete_one({"_id": victim["_id"]})
+        else:  # records 3 and 4 change places
+            coll.update_one({"_id": victim["_id"]}, {"$set": {"_as": 4}})
+            coll.update_one({"_id": records[4]["_id"]}, {"$set": {"_as": 3}})
+        client.close()
+        problems = _verify(srv)
+        assert len(problems) == 1
+        expected = {"alter": f"record 3 (AuditEvent/{victim['_id']}) altered",
+                    "remove": f"record 4 (AuditEvent/{records[4]['_id']}) removed: record 3 is missing",
+                    "swap": f"record 3 (AuditEvent/{records[4]['_id']}) reordered"}[tamper]
+        assert expected in problems[0], problems
+
+
+def test_when_the_audit_store_cannot_be_written_nothing_is_disclosed(ferretdb_uri):
+    with InProcessServer(ferretdb_uri, insecure=True) as srv:
+        with srv.client() as c:
+            pid = c.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "Secret"}]},
+                         headers=FHIR).json()["id"]
+            trail = srv.app.state.services.trail  # type: ignore[attr-defined]
+            dead = composition.connect(srv.app.state.services.settings,  # type: ignore[attr-defined]
+                                       "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300")
+            live, trail.repo = trail.repo, composition.repository(dead, dead["x"])
+            try:
+                r = c.get(f"/Patient/{pid}")
+                assert r.status_code == 503 and "Secret" not in r.text
+                assert r.json()["resourceType"] == "OperationOutcome"
+            finally:
+                trail.repo = live
+            assert c.get(f"/Patient/{pid}").status_code == 200
+
+
+def test_who_reads_the_audit_patient_own_record_professional_own_acts_operator_all(w):
+    h = _rid()
+    with w.client("readonly") as c:  # Dr ReadOnly reads one of Alice's documents
+        assert c.get(f"/DocumentReference/{w.doc_a}", headers=h).status_code == 200
+    with w.client("auth") as c:
+        assert c.get(f"/DocumentReference/{w.doc_a}").status_code == 200
+        seen = c.get("/AuditEvent", params={"patient": w.a, "_count": "1000"}).json().get("entry", [])
+        assert seen and all(any(a["who"].get("reference") == w.pr("auth") for a in e["resource"]["agent"])
+                            for e in seen)  # only what Dr Auth did
+    with w.client("alice") as c:  # Alice sees Dr ReadOnly's access, newest first
+        r = c.get("/AuditEvent", params={"patient": w.a, "_sort": "-date", "_count": "1000"}, headers=_rid())
+        assert r.status_code == 200
+        events = [e["resource"] for e in r.json()["entry"]]
+        dates = [e["recorded"] for e in events]
+        assert dates == sorted(dates, reverse=True)
+        mine = [e for e in events if any(x.get("what", {}).get("identifier", {}).get("value") == h["X-Request-Id"]
+                                         for x in e["entity"])]
+        assert len(mine) == 1 and mine[0]["agent"][0]["who"]["reference"] == w.pr("readonly")
+    with w.client("operator") as c:  # an operator service reads every event of the record
+        everything = c.get("/AuditEvent", params={"patient": w.a, "_count": "1000"}).json()["entry"]
+        assert len(everything) > len(seen)
