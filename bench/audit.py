@@ -1,0 +1,134 @@
+"""What the audit trail costs: the same requests on two servers over the same data, one writing
+BALP AuditEvents (the default) and one with the benchmark-only `FHIR_AUDIT=false`, rounds
+alternating between them in one run (the embedded default: FerretDB on PostgreSQL).
+
+Dataset: bench/consent.py's (patients with open records, 5 DocumentReferences each, a professional
+authorized by `--authorized` of them). Measured with the professional's token, 16 clients, closed
+loop: read by id of a document, and `DocumentReference?patient=…&type=…&_sort=-date`.
+Target (issue 10): audited throughput ≥ 80 % of the unaudited one for both.
+
+    .venv/bin/python bench/audit.py [--patients 2000] [--authorized 500] [--rounds 4] [--seconds 6]
+
+Only 127.0.0.1 is contacted; the run stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+from pymongo import MongoClient
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import closed_loop, use_uvloop  # noqa: E402
+from consent import DOCS_PER_PATIENT, DR, TYPES, _request, load  # noqa: E402
+from httpclient import Client  # noqa: E402
+
+from fhir_server.engine.embedded import EmbeddedEngine  # noqa: E402
+from tests.auth_helpers import add_client, add_user, user_token  # noqa: E402
+from tests.conftest import FERRETDB_BIN, start_server, stop_server  # noqa: E402
+
+
+async def measure(ports: dict, token: str, authorized: int, rounds: int, seconds: float, clients: int) -> dict:
+    conns = {m: [Client(p) for _ in range(clients)] for m, p in ports.items()}
+    rng = random.Random(11)
+
+    def op_for(kind: str, mode: str):
+        port = ports[mode]
+
+        async def op(ci: int, n: int) -> None:
+            p = rng.randrange(authorized)
+            if kind == "read":
+                path = f"/fhir/DocumentReference/d{p}-{rng.randrange(DOCS_PER_PATIENT)}"
+            else:
+                path = f"/fhir/DocumentReference?patient=p{p}&type=http://loinc.org|{TYPES[p % 3]}&_sort=-date"
+            status, _, body = await conns[mode][ci].send(_request(path, token, port))
+            if status != 200 or (kind == "search" and b'"entry"' not in body):
+                raise RuntimeError(f"{status} {body[:200]!r}")
+        return op
+
+    out: dict = {}
+    for kind in ("read", "search"):
+        for mode in ports:  # warm-up
+            await closed_loop(clients, op_for(kind, mode), duration=2, max_requests=10**6, record=False)
+        per: dict = {m: [] for m in ports}
+        for r in range(rounds):
+            for mode in (list(ports) if r % 2 == 0 else list(reversed(ports))):
+                cell = await closed_loop(clients, op_for(kind, mode), duration=seconds, max_requests=10**7)
+                per[mode].append(cell.summary())
+        out[kind] = {}
+        for mode, cells in per.items():
+            rps = sorted(c["throughput"] for c in cells)
+            out[kind][mode] = {"throughput_median": rps[len(rps) // 2], "throughput_all": rps,
+                               "p50_ms_median": sorted(c["p50_ms"] for c in cells)[len(cells) // 2],
+                               "errors": sum(c["errors"] for c in cells),
+                               "error_samples": [x for c in cells for x in c["error_samples"]][:2]}
+        base = out[kind]["unaudited"]["throughput_median"]
+        out[kind]["ratio"] = round(out[kind]["audited"]["throughput_median"] / base, 3) if base else None
+    for cs in conns.values():
+        for c in cs:
+            c.close()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--patients", type=int, default=2000)
+    ap.add_argument("--authorized", type=int, default=500)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--clients", type=int, default=16)
+    args = ap.parse_args()
+    loop_kind = use_uvloop()
+    work = Path(tempfile.mkdtemp(prefix="wt-audit-bench-"))
+    engine = EmbeddedEngine(FERRETDB_BIN, work, backend="postgresql")
+    uri = engine.start()
+    database = "audit_bench"
+    servers = {}
+    try:
+        loaded = load(uri, database, args.patients, args.authorized)
+        env = {"FHIR_INSECURE_DEV_MODE": "false", "FHIR_DATABASE": database}
+        servers["audited"] = start_server(uri, env)
+        main_server = servers["audited"]
+        main_server.database = database
+        add_client(main_server, "app", "public", "openid fhirUser user/*.rs")
+        add_user(main_server, "dr.bench", "practitioner", DR, rpps="10000000009")
+        token = user_token(main_server, "app", "dr.bench", "openid fhirUser user/*.rs")["access_token"]
+        # started second, it finds the signing keys the first one created in the database
+        # with the first one's base URL as its issuer, so the one token is valid on both
+        servers["unaudited"] = start_server(uri, {**env, "FHIR_AUDIT": "false",
+                                                  "FHIR_PUBLIC_BASE_URL": main_server.fhir_base})
+        servers["unaudited"].database = database
+        ports = {m: int(s.base.rsplit(":", 1)[1]) for m, s in servers.items()}
+        result = asyncio.run(measure(ports, token, args.authorized, args.rounds, args.seconds, args.clients))
+        with MongoClient(uri) as c:
+            result["audit_events_written"] = c[database]["AuditEvent"].count_documents({})
+    finally:
+        for s in servers.values():
+            stop_server(s)
+        engine.stop()
+    result["dataset"] = loaded
+    result["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(), "loop": loop_kind,
+                         "loadavg": open("/proc/loadavg").read().split()[:3], "clients": args.clients,
+                         "rounds": args.rounds, "seconds_per_cell": args.seconds}
+    print(json.dumps(result, indent=2))
+    print("\n| request | audited (req/s) | unaudited (req/s) | ratio | target |\n|---|---|---|---|---|")
+    for kind in ("read", "search"):
+        r = result[kind]
+        print(f"| {kind} | {r['audited']['throughput_median']} | {r['unaudited']['throughput_median']} | "
+              f"{r['ratio']} | ≥ 0.8 |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
