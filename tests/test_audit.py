@@ -220,3 +220,29 @@ def test_who_reads_the_audit_patient_own_record_professional_own_acts_operator_a
     with w.client("operator") as c:  # an operator service reads every event of the record
         everything = c.get("/AuditEvent", params={"patient": w.a, "_count": "1000"}).json()["entry"]
         assert len(everything) > len(seen)
+
+
+def test_concurrent_requests_share_their_audit_writes(ferretdb_uri):
+    """Group commit: 48 concurrent reads, every one audited, in fewer insert_many calls than reads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with InProcessServer(ferretdb_uri, insecure=True) as srv:
+        with srv.client() as c:
+            pid = c.post("/Patient", json={"resourceType": "Patient"}, headers=FHIR).json()["id"]
+        trail = srv.app.state.services.trail  # type: ignore[attr-defined]
+        before = trail.batches
+        ids = [uuid.uuid4().hex for _ in range(48)]
+
+        def read(rid: str) -> int:
+            with srv.client() as c:
+                return c.get(f"/Patient/{pid}", headers={"X-Request-Id": rid}).status_code
+
+        with ThreadPoolExecutor(16) as pool:
+            assert set(pool.map(read, ids)) == {200}
+        batches = trail.batches - before
+        with MongoClient(ferretdb_uri) as client:
+            stored = [orjson.loads(d["_json"]) for d in client[srv.database]["AuditEvent"].find({})]
+        audited = {x["what"]["identifier"]["value"] for e in stored for x in e["entity"]
+                   if x.get("type", {}).get("code") == "XrequestId"}
+        assert set(ids) <= audited
+        assert 1 <= batches < len(ids), batches
