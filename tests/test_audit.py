@@ -89,7 +89,8 @@ def test_a_refusal_and_a_failure_are_audited_with_their_outcome(w):
     [event] = _events(w.server, h["X-Request-Id"])
     validate_resource(event, expected_type="AuditEvent")
     assert event["outcome"] == "4" and "is not known" in event["outcomeDesc"]
-    assert _refs(event) == {f"DocumentReference/{w.doc_a}"}  # the id asked for, no version disclosed
+    # filed under Alice's record (her access history shows the attempt), the id asked for, no version
+    assert _refs(event) == {f"Patient/{w.a}", f"DocumentReference/{w.doc_a}"}
     h = _rid()
     with w.client("auth") as c:  # a create that fails validation
         assert c.post("/DocumentReference", json={"resourceType": "DocumentReference"}, headers={**FHIR, **h}
@@ -181,6 +182,28 @@ def test_tampering_with_the_database_is_detected_and_named(ferretdb_uri, tamper)
         assert expected in problems[0], problems
 
 
+@pytest.mark.parametrize("cut", ["end", "whole"])
+def test_records_cut_off_at_the_end_of_a_chain_are_detected(ferretdb_uri, cut):
+    """What links alone cannot see: the last records of a chain deleted (what remains still links
+    up), or a whole chain. The chain's head, stored apart and flushed at shutdown, tells."""
+    with InProcessServer(ferretdb_uri, insecure=True) as first:
+        with first.client() as c:
+            pid = c.post("/Patient", json={"resourceType": "Patient"}, headers=FHIR).json()["id"]
+            for _ in range(5):
+                assert c.get(f"/Patient/{pid}").status_code == 200
+    records, client = _chain(ferretdb_uri, first.database)  # the first server's chain, now closed
+    with client:
+        assert len(records) >= 6
+        doomed = records[-2:] if cut == "end" else records
+        client[first.database]["AuditEvent"].delete_many({"_id": {"$in": [r["_id"] for r in doomed]}})
+    with InProcessServer(ferretdb_uri, insecure=True, database=first.database) as second:
+        problems = _verify(second)
+    chain, last = records[0]["_ac"], len(records) - 1
+    expected = (f"chain {chain}: record {last - 1} removed: records {last - 1} to {last} are missing at the end"
+                if cut == "end" else f"chain {chain}: record 0 removed: records 0 to {last} are missing")
+    assert len(problems) == 1 and problems[0].startswith(expected), problems
+
+
 def test_when_the_audit_store_cannot_be_written_nothing_is_disclosed(ferretdb_uri):
     with InProcessServer(ferretdb_uri, insecure=True) as srv:
         with srv.client() as c:
@@ -246,3 +269,31 @@ def test_concurrent_requests_share_their_audit_writes(ferretdb_uri):
                    if x.get("type", {}).get("code") == "XrequestId"}
         assert set(ids) <= audited
         assert 1 <= batches < len(ids), batches
+
+
+def _with_request(entries: list[dict], rid: str) -> list[dict]:
+    return [e["resource"] for e in entries
+            if any(x.get("what", {}).get("identifier", {}).get("value") == rid for x in e["resource"]["entity"])]
+
+
+def test_a_refused_attempt_is_shown_to_the_patient_not_to_the_one_who_tried(w):
+    """Filed under Alice's record, a refused attempt would tell the one who tried whose record the
+    document is: Alice and the auditors read it, Dr Auth (refused a document Alice masked) and
+    Bob do not."""
+    by_doctor, by_bob, allowed = _rid(), _rid(), _rid()
+    with w.client("auth") as c:
+        assert c.get(f"/DocumentReference/{w.masked_a}", headers=by_doctor).status_code == 404
+        assert c.get(f"/DocumentReference/{w.doc_a}", headers=allowed).status_code == 200
+        r = c.get("/AuditEvent", params={"agent": w.pr("auth"), "_count": "1000"})
+        assert r.status_code == 200 and _with_request(r.json()["entry"], allowed["X-Request-Id"])  # what they did
+        assert not _with_request(r.json()["entry"], by_doctor["X-Request-Id"])
+        assert all(e["resource"]["outcome"] == "0" for e in r.json()["entry"])
+    with w.client("bob") as c:
+        assert c.get(f"/DocumentReference/{w.doc_a}", headers=by_bob).status_code == 404
+        r = c.get("/AuditEvent", params={"_count": "1000"})
+        assert r.status_code == 200 and not _with_request(r.json().get("entry", []), by_bob["X-Request-Id"])
+    with w.client("alice") as c:
+        entries = c.get("/AuditEvent", params={"patient": w.a, "_count": "1000", "_sort": "-date"}).json()["entry"]
+    for rid, who in ((by_doctor, w.pr("auth")), (by_bob, f"Patient/{w.b}")):
+        [event] = _with_request(entries, rid["X-Request-Id"])
+        assert event["outcome"] == "4" and event["agent"][0]["who"]["reference"] == who

@@ -5,6 +5,11 @@
 * A professional reads only the AuditEvents where they are an agent (what they did), never what
   other professionals did in a record they are authorized on: a database filter on the `agent`
   index field, and the same check on each AuditEvent returned.
+* Refused or failed attempts are filed under the patient whose record they were about (their
+  access history flags them): only that patient and the auditors read them. The one who tried
+  does not, since such an event names the record a hidden resource belongs to (an existence
+  oracle): a professional reads their successful accesses (outcome 0), a patient the events of
+  their own record and their own successful acts.
 * A system client with an AuditEvent scope (`system/AuditEvent.rs`, or `system/*.rs` of an
   operator service) reads every AuditEvent; its scopes decide, this policy abstains.
 
@@ -20,19 +25,30 @@ from fhir_server.access.decision import Policy
 from fhir_server.auth.principal import Principal
 from fhir_server.fhir.interactions import Interaction
 from fhir_server.search.mongo import NOTHING
-from fhir_server.search.registry import REFERENCE, field_name
+from fhir_server.search.registry import REFERENCE, TOKEN, field_name
 
 AUDIT = "AuditEvent"
 AGENT_FIELD = field_name(REFERENCE, "agent")
+ENTITY_FIELD = field_name(REFERENCE, "entity")
+OUTCOME_FIELD = field_name(TOKEN, "outcome")
+SUCCESS = "0"
 
 
 def _is_professional(principal: Principal) -> bool:
     return principal.kind == "user" and principal.role == "practitioner"
 
 
+def _is_patient(principal: Principal) -> bool:
+    return principal.kind == "user" and principal.user_patient is not None
+
+
+def _refs(items, key: str) -> set[str]:
+    return {r for x in items or () if isinstance(x, dict) and isinstance(r := (x.get(key) or {}).get("reference"), str)}
+
+
 class AuditReaders(Policy):
     async def prepare(self, principal: Principal, ix: Interaction, reader) -> object | None:
-        return self if _is_professional(principal) else None
+        return self if _is_professional(principal) or _is_patient(principal) else None
 
     def restricts(self, principal: Principal, state, perm: str, rtype: str) -> bool:
         return rtype == AUDIT
@@ -41,11 +57,17 @@ class AuditReaders(Policy):
                   within: AbstractSet[str] | None) -> dict | None:
         if rtype != AUDIT:
             return None
-        return {AGENT_FIELD: {"$in": [principal.fhir_user]}} if principal.fhir_user else NOTHING
+        if _is_patient(principal):  # within their compartment (their scopes' filter): not others' refusals
+            return {"$or": [{OUTCOME_FIELD: SUCCESS}, {ENTITY_FIELD: f"Patient/{principal.user_patient}"}]}
+        if not principal.fhir_user:
+            return NOTHING
+        return {AGENT_FIELD: {"$in": [principal.fhir_user]}, OUTCOME_FIELD: SUCCESS}
 
     def may_read(self, principal: Principal, state, rtype: str, resource: dict) -> bool | None:
         if rtype != AUDIT:
             return None
-        return bool(principal.fhir_user) and any(
-            isinstance(a, dict) and (a.get("who") or {}).get("reference") == principal.fhir_user
-            for a in resource.get("agent") or ())
+        if _is_patient(principal):
+            return resource.get("outcome") == SUCCESS or f"Patient/{principal.user_patient}" in _refs(
+                resource.get("entity"), "what")
+        return (bool(principal.fhir_user) and resource.get("outcome") == SUCCESS
+                and principal.fhir_user in _refs(resource.get("agent"), "who"))

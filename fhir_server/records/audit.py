@@ -66,6 +66,7 @@ class _Seen:
     event: Event
     disclosed: list[Version] = field(default_factory=list)
     written: list[Version] = field(default_factory=list)
+    concerned: set[str] = field(default_factory=set)  # patients of what was refused
 
 
 @dataclass(slots=True)
@@ -141,14 +142,42 @@ def _patients_of(v: Version) -> set[str]:
         return set()
 
 
-def _asked_patient(event: Event) -> str | None:
-    """The patient an interaction is about when nothing was disclosed (a refusal, a failure)."""
+PATIENT_PARAMS = ("patient", "subject", "beneficiary")
+BODY_LOOKED_AT = 1 << 20  # a failed write's body larger than this is not parsed again to name its record
+
+
+def _asked_patients(event: Event) -> set[str | None]:
+    """The patients an interaction is about when nothing was disclosed (a refusal, a failure, a
+    search that found nothing): the record asked for by id, compartment or search parameter
+    (BALP PatientQuery names the patient searched for), else the patient the caller is."""
     ix = event.interaction
     if ix.compartment:
-        return ix.compartment
+        return {ix.compartment}
     if ix.type == "Patient" and ix.id:
-        return ix.id
-    return event.principal.patient
+        return {ix.id}
+    asked: set[str | None] = set()
+    if ix.type and ix.kind in (k.CREATE, k.UPDATE):  # a write refused or invalid: the record it names
+        try:
+            body = ix.resource if ix.resource is not None else (
+                orjson.loads(ix.body) if ix.body and len(ix.body) <= BODY_LOOKED_AT else None)
+            if isinstance(body, dict):
+                asked.update(about_patients(ix.type, body))
+        except Exception:  # a body too broken to say
+            pass
+    for name, value in ix.params or ():
+        base, _, modifier = name.partition(":")
+        bare_ids = base == "patient" or modifier == "Patient" or (ix.type == "Patient" and base == "_id")
+        if not (bare_ids or base in PATIENT_PARAMS):
+            continue
+        for v in value.split(","):
+            v = v.strip()
+            if v.startswith("Patient/"):
+                v = v[8:]
+            elif not bare_ids:
+                continue  # subject=Group/1 or a bare id of any type: not a patient's record
+            if v and "/" not in v:
+                asked.add(v)
+    return asked or {event.principal.patient}
 
 
 def build_events(seen: _Seen, status: int, error: FhirError | None, source: str) -> list[dict]:
@@ -162,7 +191,8 @@ def build_events(seen: _Seen, status: int, error: FhirError | None, source: str)
         for pid in pids:
             by_patient.setdefault(pid, []).append(v)
     if not by_patient:
-        by_patient[_asked_patient(ev)] = []
+        for pid in (seen.concerned or _asked_patients(ev)):
+            by_patient[pid] = []
     elif None in by_patient and len(by_patient) > 1:  # resources of no one go with every patient's event
         shared = by_patient.pop(None)
         for vs in by_patient.values():
@@ -213,7 +243,7 @@ def build_events(seen: _Seen, status: int, error: FhirError | None, source: str)
             done.add(ref)
             entities.append({"what": {"reference": ref}, "type": _coding(ENTITY_TYPE, "2", "System Object"),
                              "role": _coding(OBJECT_ROLE, "4", "Domain Resource")})
-        if not versions and pid is None and ix.type and ix.id and ix.kind not in (k.CREATE,):
+        if not versions and ix.type and ix.id and ix.kind != k.CREATE and not (ix.type == "Patient" and ix.id == pid):
             entities.append({"what": {"reference": f"{ix.type}/{ix.id}"},
                              "type": _coding(ENTITY_TYPE, "2", "System Object"),
                              "role": _coding(OBJECT_ROLE, "4", "Domain Resource")})
@@ -267,6 +297,11 @@ class AuditHook(Hook):
         seen = self._current(event)
         if seen is not None and after is not None:
             seen.written.append(after)
+
+    async def concerned(self, event: Event, patients) -> None:
+        seen = self._current(event)
+        if seen is not None:
+            seen.concerned.update(patients)
 
     async def finished(self, event: Event, status: int, error: FhirError | None) -> None:
         if event.interaction.kind in NOT_AUDITED:

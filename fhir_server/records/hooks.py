@@ -3,14 +3,16 @@
 In the spirit of HAPI FHIR's consent and audit interceptors, which the pipeline calls at fixed
 points rather than endpoints calling them: the dispatcher reports `started` and `finished` for
 every interaction (each Bundle entry included), and `Records` reports what it `disclosed` (every
-resource version about to be returned) and `written` (every version it stored, with the one it
-replaced). Audit (IHE BALP) and provenance plug in here; each method is awaited before the
+resource version about to be returned), `written` (every version it stored, with the one it
+replaced) and `concerned` (the patients whose record a refused interaction was about: their
+access history shows the attempt). Audit (IHE BALP) and provenance plug in here; each method is awaited before the
 response is sent, so a hook that must be durable (an AuditEvent) can be.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from fhir_server.auth.principal import Principal
@@ -41,6 +43,9 @@ class Hook:
     async def written(self, event: Event, before: Version | None, after: Version | None) -> None:
         return None
 
+    async def concerned(self, event: Event, patients: AbstractSet[str]) -> None:
+        return None
+
     async def finished(self, event: Event, status: int, error: FhirError | None) -> None:
         return None
 
@@ -65,6 +70,11 @@ class Hooks:
     async def written(self, event: Event, before: Version | None, after: Version | None) -> None:
         for h in self.hooks:
             await h.written(event, before, after)
+
+    async def concerned(self, event: Event, patients: AbstractSet[str]) -> None:
+        if patients:
+            for h in self.hooks:
+                await h.concerned(event, patients)
 
     async def finished(self, event: Event, status: int, error: FhirError | None) -> None:
         for h in self.hooks:

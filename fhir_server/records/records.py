@@ -107,6 +107,16 @@ class Records:
         await self.hooks.disclosed(self.event, versions)
         return versions
 
+    async def _refuse(self, rtype: str, *resources: bytes | dict | None) -> None:
+        """Tell the hooks whose records a refused interaction was about (the patient's access
+        history shows the attempt; the caller learns nothing from it)."""
+        patients: set[str] = set()
+        for r in resources:
+            if r is not None:
+                with contextlib.suppress(Exception):
+                    patients |= about_patients(rtype, orjson.loads(r) if isinstance(r, bytes) else r)
+        await self.hooks.concerned(self.event, patients)
+
     # --- the server's published definitions (public to any authenticated caller: no patient data) -
 
     def definition(self, rtype: str, rid: str) -> dict:
@@ -137,6 +147,7 @@ class Records:
                 raise err
             raise not_found(rtype, rid)
         if not await self.access.may_read("r", rtype, v.json):
+            await self._refuse(rtype, v.json)
             raise not_found(rtype, rid)  # never confirm existence to someone who may not see it
         await self._disclose([v])
         return v
@@ -152,12 +163,14 @@ class Records:
         if not self._fast("r", rtype):
             now, _ = await self._last_content(rtype, rid)
             if not await self._sees("r", now):
+                await self._refuse(rtype, now.json if now is not None else None)
                 raise missing
         if v.deleted:
             err = FhirError(410, "deleted", f"version {vid} of {rtype}/{rid} is a deletion")
             err.headers.update(_version_headers(v))
             raise err
         if not await self.access.may_read("r", rtype, v.json):
+            await self._refuse(rtype, v.json)
             raise missing
         await self._disclose([v])
         return v
@@ -165,7 +178,10 @@ class Records:
     async def _latest(self, perm: str, rtype: str, rid: str) -> Version | None:
         """The newest history entry of a resource the caller may see with `perm` (None otherwise)."""
         now, latest = await self._last_content(rtype, rid)
-        if latest is None or not (self._fast(perm, rtype) or await self._sees(perm, now)):
+        if latest is None:
+            return None
+        if not (self._fast(perm, rtype) or await self._sees(perm, now)):
+            await self._refuse(rtype, now.json if now is not None else None)
             return None
         return latest
 
@@ -257,6 +273,7 @@ class Records:
         problem = await self.access.write_problem(perm, rtype, old, after)
         if problem:
             status, reason = problem
+            await self._refuse(rtype, old, after)
             raise FhirError(status, "forbidden" if status == 403 else "business-rule", reason)
         if after is not None and rtype != "Patient":
             await self._patients_exist(rtype, after)
@@ -273,6 +290,7 @@ class Records:
         """The current version a write replaces; 404 when the caller may not see it."""
         before = await self.repo.read(rtype, rid, unit=self.unit_)
         if before is not None and not await self.access.may_read(perm, rtype, before.json):
+            await self._refuse(rtype, before.json)
             raise not_found(rtype, rid)
         return before
 

@@ -13,12 +13,22 @@ random part), numbering records from 0 (`_as`) and storing the SHA-256 of the pr
 servers never contend for one chain head; a failed batch ends its
 chain (the writer starts a new one), since part of it may have been stored. `verify` walks every
 chain and names the first record altered, removed, inserted or reordered.
+
+Links alone cannot see the *end* of a chain cut off (its last records deleted: what remains still
+links up). So each chain's head (last sequence number and hash) is also kept in `_audit_heads`,
+written after each batch by a background task (coalesced: one write in flight, always the newest
+head) and flushed at shutdown; `verify` compares each chain with its head and reports records
+missing at the end, or a whole chain gone. A crash can leave the head one batch behind (then the
+last batch is not covered), never ahead. Deleting a chain *and* its head together is not
+detected here: export the heads to a write-once store (a log shipper) to close that gap.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import logging
 import os
 import socket
 import uuid
@@ -30,7 +40,10 @@ from pymongo import IndexModel
 from fhir_server.storage.documents import F_ID, F_JSON, F_UPDATED, aware
 from fhir_server.storage.repository import Repository, ensure_indexes_of
 
+log = logging.getLogger(__name__)
+
 A_CHAIN, A_SEQ, A_PREV, A_HASH = "_ac", "_as", "_ap", "_ah"
+HEADS = "_audit_heads"  # {_id: chain, seq: last sequence number, hash: its hash}
 GENESIS = "0" * 64
 AUDIT_TYPE = "AuditEvent"
 
@@ -60,6 +73,8 @@ class AuditTrail:
         self._seq = 0
         self._prev = GENESIS
         self.batches = 0  # how many insert_many calls (observability, tests)
+        self._head: tuple[str, int, str] | None = None  # the newest head not yet written
+        self._head_writer: asyncio.Task | None = None
 
     async def ensure_indexes(self) -> None:
         await ensure_indexes_of(self.repo.db[AUDIT_TYPE], [IndexModel([(A_CHAIN, 1), (A_SEQ, 1)], name="chain", sparse=True)])
@@ -91,9 +106,30 @@ class AuditTrail:
                     raise
                 continue
             self._seq, self._prev = seq, prev
+            self._head = (self._chain, seq - 1, prev)
+            if self._head_writer is None or self._head_writer.done():
+                self._head_writer = asyncio.create_task(self._write_heads())
             for _, fut in batch:
                 if not fut.done():
                     fut.set_result(None)
+
+    async def _write_heads(self) -> None:
+        while self._head is not None:
+            (chain, seq, digest), self._head = self._head, None
+            try:
+                await self.repo.db[HEADS].replace_one({"_id": chain}, {"_id": chain, "seq": seq, "hash": digest},
+                                                      upsert=True)
+            except Exception:  # the records are stored; the next batch writes a newer head
+                log.warning("audit chain head not written", exc_info=True)
+
+    async def close(self) -> None:
+        """Let the queued events and the last head reach the database (at shutdown)."""
+        for task in (self._writer, self._head_writer):
+            if task is not None and not task.done():
+                with contextlib.suppress(Exception):
+                    await task
+        if self._head is not None:
+            await self._write_heads()
 
     def _chained(self, events: list[dict]) -> tuple[list[tuple[dict, dict]], int, str]:
         seq, prev = self._seq, self._prev
@@ -110,12 +146,33 @@ async def verify(repo: Repository) -> tuple[list[dict], int]:
     """Check every chain: (findings, chains checked), one finding per broken chain: {chain, seq,
     id, problem, detail}, where problem is altered | removed | inserted | reordered."""
     findings, chains = [], 0
+    heads = {h["_id"]: h async for h in repo.db[HEADS].find({})}
     async for chain, records in _chains(repo):
         chains += 1
-        problem = _first_problem(chain, records)
+        head = heads.pop(chain, None)
+        problem = _first_problem(chain, records) or _cut_off(chain, records, head)
         if problem is not None:
             findings.append(problem)
+    for chain, head in sorted(heads.items()):  # a chain whose every record is gone
+        chains += 1
+        findings.append({"chain": chain, "seq": 0, "id": None, "problem": "removed",
+                         "detail": f"records 0 to {head['seq']} are missing: the whole chain is gone"})
     return findings, chains
+
+
+def _cut_off(chain: str, records: list[dict], head: dict | None) -> dict | None:
+    """Records deleted at the end of an otherwise sound chain, seen against its recorded head."""
+    if head is None or not isinstance(head.get("seq"), int):
+        return None
+    last = len(records) - 1
+    if head["seq"] > last:
+        return {"chain": chain, "seq": last + 1, "id": None, "problem": "removed",
+                "detail": f"records {last + 1} to {head['seq']} are missing at the end of the chain"}
+    if records[head["seq"]].get(A_HASH) != head.get("hash"):
+        r = records[head["seq"]]
+        return {"chain": chain, "seq": head["seq"], "id": r.get(F_ID), "problem": "altered",
+                "detail": "it is not the record the chain's head names"}
+    return None
 
 
 async def _chains(repo: Repository) -> AsyncIterator[tuple[str, list[dict]]]:

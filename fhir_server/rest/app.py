@@ -66,6 +66,8 @@ def create_app(settings: Settings | None = None, *, policies: Sequence[Policy] =
         try:
             yield
         finally:
+            if services.trail is not None:
+                await services.trail.close()  # the last audit batch and chain head reach the database
             await client.close()
 
     routes = [

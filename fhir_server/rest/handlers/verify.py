@@ -19,8 +19,10 @@ async def verify(ctx: RequestContext, ix: Interaction) -> Result:
     if not findings:
         issues = [Issue("information", "informational", f"{chains} audit chain(s) verified", [])]
     else:
-        issues = [Issue("error", "integrity",
-                        f"chain {f['chain']}: record {f['seq']} (AuditEvent/{f['id']}) {f['problem']}: {f['detail']}",
-                        [])
-                  for f in findings]
+        issues = [Issue("error", "integrity", _finding(f), []) for f in findings]
     return Result(status=200, resource=operation_outcome(issues))
+
+
+def _finding(f: dict) -> str:
+    which = f"record {f['seq']}" + (f" (AuditEvent/{f['id']})" if f.get("id") else "")
+    return f"chain {f['chain']}: {which} {f['problem']}: {f['detail']}"
