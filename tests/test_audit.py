@@ -297,3 +297,96 @@ def test_a_refused_attempt_is_shown_to_the_patient_not_to_the_one_who_tried(w):
     for rid, who in ((by_doctor, w.pr("auth")), (by_bob, f"Patient/{w.b}")):
         [event] = _with_request(entries, rid["X-Request-Id"])
         assert event["outcome"] == "4" and event["agent"][0]["who"]["reference"] == who
+
+
+def test_the_engine_stopped_mid_run_nothing_is_disclosed_unaudited(tmp_path):
+    """Readers keep reading while the database engine is killed and started again: every answer
+    is a 200 whose AuditEvent is stored, or a 503 OperationOutcome that discloses nothing."""
+    import threading
+
+    from fhir_server.engine.embedded import EmbeddedEngine
+    from tests.conftest import FERRETDB_BIN
+
+    engine = EmbeddedEngine(FERRETDB_BIN, tmp_path, backend="sqlite")
+    uri = engine.start() + "?serverSelectionTimeoutMS=1500&connectTimeoutMS=1500"
+    answers: list[tuple[str, int, str]] = []
+    lock = threading.Lock()
+    before_kill, after_kill = threading.Semaphore(0), threading.Event()
+    try:
+        with InProcessServer(uri, insecure=True) as srv:
+            with srv.client() as c:
+                pid = c.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "Secret"}]},
+                             headers=FHIR).json()["id"]
+
+            def reader() -> None:
+                with srv.client(timeout=30) as c:
+                    for n in range(60):
+                        rid = uuid.uuid4().hex
+                        r = c.get(f"/Patient/{pid}", headers={"X-Request-Id": rid})
+                        with lock:
+                            answers.append((rid, r.status_code, r.text))
+                        if n == 5:
+                            before_kill.release()
+                        if after_kill.is_set() and r.status_code == 200:
+                            return  # served again after the restart
+
+            threads = [threading.Thread(target=reader) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for _ in threads:
+                assert before_kill.acquire(timeout=60)
+            assert engine.ferret is not None and engine.ferret.process is not None
+            engine.ferret.process.kill()  # mid-run: requests in flight
+            engine.ferret.process.wait()
+            with srv.client() as c:
+                down = c.get(f"/Patient/{pid}")
+            engine.ferret.start()
+            after_kill.set()
+            for t in threads:
+                t.join(120)
+            assert down.status_code == 503 and "Secret" not in down.text
+            assert down.json()["resourceType"] == "OperationOutcome"
+        statuses = {s for _, s, _ in answers}
+        assert statuses <= {200, 503}, statuses
+        assert 200 in statuses
+        refused = [text for _, s, text in answers if s == 503]
+        assert all("Secret" not in text for text in refused)
+        with MongoClient(uri) as client:
+            stored = {x["what"]["identifier"]["value"]
+                      for d in client[srv.database]["AuditEvent"].find({}, projection={"_json": 1})
+                      for x in orjson.loads(d["_json"])["entity"] if x.get("type", {}).get("code") == "XrequestId"}
+        disclosed = {rid for rid, s, _ in answers if s == 200}
+        assert disclosed <= stored, len(disclosed - stored)
+    finally:
+        engine.stop()
+
+
+def test_audit_events_validate_against_r4_with_the_hapi_validator(w):
+    """Every kind of event the trail writes (read, search over two records, refusal, invalid
+    create, Bundle entries) is valid R4 for the HAPI FHIR validator (offline, Maven Central)."""
+    from tests.test_profiles import run_hapi
+
+    asked: list[str] = []
+
+    def rid() -> dict:
+        h = _rid()
+        asked.append(h["X-Request-Id"])
+        return h
+    with w.client("auth") as c:
+        assert c.get(f"/DocumentReference/{w.doc_a}", headers=rid()).status_code == 200
+        assert c.get(f"/DocumentReference/{w.masked_a}", headers=rid()).status_code == 404
+        assert c.post("/DocumentReference", json={"resourceType": "DocumentReference"},
+                      headers={**FHIR, **rid()}).status_code in (400, 422)
+        bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": f"DocumentReference/{w.doc_a}"}},
+            {"request": {"method": "POST", "url": "DocumentReference"}, "resource": document(w.a, author=w.pr("auth"))}]}
+        assert c.post("/", json=bundle, headers={**FHIR, **rid()}).status_code == 200
+    with w.client("operator") as c:
+        assert c.get("/DocumentReference", params={"patient": f"{w.a},{w.b}"}, headers=rid()).status_code == 200
+    events = [e for r in asked for e in _events(w.server, r)]
+    assert len(events) >= 8
+    verdicts = run_hapi([{"id": str(i), "profile": "http://hl7.org/fhir/StructureDefinition/AuditEvent",
+                          "resource": e} for i, e in enumerate(events)])
+    errors = {i: [f"{m['location']}: {m['message']}" for m in v["issues"] if m["severity"] in ("error", "fatal")]
+              for i, v in verdicts.items()}
+    assert all(v["valid"] for v in verdicts.values()) and not any(errors.values()), errors
