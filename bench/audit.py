@@ -38,8 +38,32 @@ from fhir_server.engine.embedded import EmbeddedEngine  # noqa: E402
 from tests.auth_helpers import add_client, add_user, user_token  # noqa: E402
 from tests.conftest import FERRETDB_BIN, start_server, stop_server  # noqa: E402
 
+TICK = os.sysconf("SC_CLK_TCK")
 
-async def measure(ports: dict, token: str, authorized: int, rounds: int, seconds: float, clients: int) -> dict:
+
+def tree_cpu(roots: list[int]) -> float:
+    """CPU seconds (user + system) used so far by the processes `roots` and their descendants."""
+    parent, cpu = {}, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parent[int(entry.name)] = int(fields[1])
+            cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / TICK
+    todo, seen = list(roots), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        todo.extend(c for c, pp in parent.items() if pp == pid)
+    return sum(cpu.get(p, 0.0) for p in seen)
+
+
+async def measure(ports: dict, token: str, authorized: int, rounds: int, seconds: float, clients: int,
+                  pids: dict | None = None, engine_pids: list[int] | None = None) -> dict:
     conns = {m: [Client(p) for _ in range(clients)] for m, p in ports.items()}
     rng = random.Random(11)
 
@@ -64,14 +88,21 @@ async def measure(ports: dict, token: str, authorized: int, rounds: int, seconds
         per: dict = {m: [] for m in ports}
         for r in range(rounds):
             for mode in (list(ports) if r % 2 == 0 else list(reversed(ports))):
+                before = (tree_cpu(pids[mode]), tree_cpu(engine_pids)) if pids and engine_pids else None
                 cell = await closed_loop(clients, op_for(kind, mode), duration=seconds, max_requests=10**7)
-                per[mode].append(cell.summary())
+                summary = cell.summary()
+                if before is not None and cell.requests:  # CPU per request: the server's, the engine's
+                    summary["server_cpu_ms"] = (tree_cpu(pids[mode]) - before[0]) * 1000 / cell.requests
+                    summary["engine_cpu_ms"] = (tree_cpu(engine_pids) - before[1]) * 1000 / cell.requests
+                per[mode].append(summary)
         out[kind] = {}
         for mode, cells in per.items():
             rps = sorted(c["throughput"] for c in cells)
             out[kind][mode] = {"throughput_median": rps[len(rps) // 2], "throughput_all": rps,
                                "p50_ms_median": sorted(c["p50_ms"] for c in cells)[len(cells) // 2],
                                "errors": sum(c["errors"] for c in cells),
+                               **{k: round(sorted(c[k] for c in cells)[len(cells) // 2], 2)
+                                  for k in ("server_cpu_ms", "engine_cpu_ms") if all(k in c for c in cells)},
                                "error_samples": [x for c in cells for x in c["error_samples"]][:2]}
         base = out[kind]["unaudited"]["throughput_median"]
         out[kind]["ratio"] = round(out[kind]["audited"]["throughput_median"] / base, 3) if base else None
@@ -110,7 +141,13 @@ def main() -> int:
                                                   "FHIR_PUBLIC_BASE_URL": main_server.fhir_base})
         servers["unaudited"].database = database
         ports = {m: int(s.base.rsplit(":", 1)[1]) for m, s in servers.items()}
-        result = asyncio.run(measure(ports, token, args.authorized, args.rounds, args.seconds, args.clients))
+        pids = {m: [s.process.pid] for m, s in servers.items()}
+        engine_pids = [engine.ferret.process.pid] if engine.ferret and engine.ferret.process else []
+        pidfile = work / "postgresql" / "pgdata" / "postmaster.pid"
+        if pidfile.exists():
+            engine_pids.append(int(pidfile.read_text().split()[0]))
+        result = asyncio.run(measure(ports, token, args.authorized, args.rounds, args.seconds, args.clients,
+                                     pids, engine_pids))
         with MongoClient(uri) as c:
             result["audit_events_written"] = c[database]["AuditEvent"].count_documents({})
     finally:
@@ -122,11 +159,13 @@ def main() -> int:
                          "loadavg": open("/proc/loadavg").read().split()[:3], "clients": args.clients,
                          "rounds": args.rounds, "seconds_per_cell": args.seconds}
     print(json.dumps(result, indent=2))
-    print("\n| request | audited (req/s) | unaudited (req/s) | ratio | target |\n|---|---|---|---|---|")
+    print("\n| request | audited (req/s) | unaudited (req/s) | ratio | target | CPU ms/request audited: server, engine "
+          "| unaudited: server, engine |\n|---|---|---|---|---|---|---|")
     for kind in ("read", "search"):
         r = result[kind]
-        print(f"| {kind} | {r['audited']['throughput_median']} | {r['unaudited']['throughput_median']} | "
-              f"{r['ratio']} | ≥ 0.8 |")
+        a, u = r["audited"], r["unaudited"]
+        print(f"| {kind} | {a['throughput_median']} | {u['throughput_median']} | {r['ratio']} | ≥ 0.8 | "
+              f"{a.get('server_cpu_ms')}, {a.get('engine_cpu_ms')} | {u.get('server_cpu_ms')}, {u.get('engine_cpu_ms')} |")
     return 0
 
 

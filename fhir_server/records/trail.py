@@ -16,11 +16,11 @@ chain and names the first record altered, removed, inserted or reordered.
 
 Links alone cannot see the *end* of a chain cut off (its last records deleted: what remains still
 links up). So each chain's head (last sequence number and hash) is also kept in `_audit_heads`,
-written after each batch by a background task (coalesced: one write in flight, always the newest
-head) and flushed at shutdown; `verify` compares each chain with its head and reports records
-missing at the end, or a whole chain gone. A crash can leave the head one batch behind (then the
-last batch is not covered), never ahead. Deleting a chain *and* its head together is not
-detected here: export the heads to a write-once store (a log shipper) to close that gap.
+written by a background task at most every `HEAD_INTERVAL` seconds (always the newest head: one
+small write per interval, not one per batch) and flushed at shutdown; `verify` compares each chain with its head and reports records
+missing at the end, or a whole chain gone. A crash can leave the head up to one interval behind
+(the records of that last interval are then not covered), never ahead. Deleting a chain *and* its
+head together is not detected here: export the heads to a write-once store (a log shipper) to close that gap.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 A_CHAIN, A_SEQ, A_PREV, A_HASH = "_ac", "_as", "_ap", "_ah"
 HEADS = "_audit_heads"  # {_id: chain, seq: last sequence number, hash: its hash}
+HEAD_INTERVAL = 1.0  # seconds between two writes of a chain's head
 GENESIS = "0" * 64
 AUDIT_TYPE = "AuditEvent"
 
@@ -75,6 +76,7 @@ class AuditTrail:
         self.batches = 0  # how many insert_many calls (observability, tests)
         self._head: tuple[str, int, str] | None = None  # the newest head not yet written
         self._head_writer: asyncio.Task | None = None
+        self._closing: asyncio.Event | None = None
 
     async def ensure_indexes(self) -> None:
         await ensure_indexes_of(self.repo.db[AUDIT_TYPE], [IndexModel([(A_CHAIN, 1), (A_SEQ, 1)], name="chain", sparse=True)])
@@ -114,16 +116,24 @@ class AuditTrail:
                     fut.set_result(None)
 
     async def _write_heads(self) -> None:
+        if self._closing is None:
+            self._closing = asyncio.Event()
         while self._head is not None:
             (chain, seq, digest), self._head = self._head, None
             try:
                 await self.repo.db[HEADS].replace_one({"_id": chain}, {"_id": chain, "seq": seq, "hash": digest},
                                                       upsert=True)
-            except Exception:  # the records are stored; the next batch writes a newer head
+            except Exception:  # the records are stored; the next write carries a newer head
                 log.warning("audit chain head not written", exc_info=True)
+            if not self._closing.is_set():  # let the batches of the next interval share one head write
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), HEAD_INTERVAL)
 
     async def close(self) -> None:
         """Let the queued events and the last head reach the database (at shutdown)."""
+        if self._closing is None:
+            self._closing = asyncio.Event()
+        self._closing.set()
         for task in (self._writer, self._head_writer):
             if task is not None and not task.done():
                 with contextlib.suppress(Exception):
