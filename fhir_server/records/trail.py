@@ -18,9 +18,10 @@ Links alone cannot see the *end* of a chain cut off (its last records deleted: w
 links up). So each chain's head (last sequence number and hash) is also kept in `_audit_heads`,
 written by a background task at most every `HEAD_INTERVAL` seconds (always the newest head: one
 small write per interval, not one per batch) and flushed at shutdown; `verify` compares each
-chain with its head and reports records missing at the end, or a whole chain gone. A crash can leave the head up to one interval behind
-(the records of that last interval are then not covered), never ahead. Deleting a chain *and* its
-head together is not detected here: export the heads to a write-once store (a log shipper) to close that gap.
+chain with its head and reports records missing at the end, or a whole chain gone. A crash can
+leave the head up to one interval behind (the records of that last interval are then not
+covered), never ahead. Deleting a chain *and* its head together is not detected here: export the
+heads to a write-once store (a log shipper) to close that gap.
 """
 
 from __future__ import annotations
