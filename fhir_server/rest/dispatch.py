@@ -29,6 +29,7 @@ from fhir_server.rest.handlers import (
     bundle,
     capabilities,
     conformance,
+    copy,
     everything,
     explain,
     history,
@@ -42,7 +43,7 @@ from fhir_server.rest.handlers import (
 from fhir_server.rest.result import Result, error_result
 
 OPERATIONS = {"validate": validate.validate, "explain-access": explain.explain_access,
-              "everything": everything.everything, "verify": verify.verify}
+              "everything": everything.everything, "verify": verify.verify, "copy": copy.copy}
 # reads that run under the database time budget (writes are not cut short half-way)
 # the trail of what happened is never rewritten, by anyone (issue 10: 405 for everyone)
 IMMUTABLE = frozenset({"AuditEvent", "Provenance"})
