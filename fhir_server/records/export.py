@@ -51,6 +51,7 @@ from fhir_server.storage.repository import Repository
 log = logging.getLogger("fhir_server.export")
 
 SYSTEM, PATIENTS, PATIENT = "system", "patients", "patient"
+WRITE_SIZE = 255 * 1024  # lines are handed to GridFS a chunk at a time (memory: one chunk)
 # what a job remembers of who started it: enough to decide again as they would be decided for
 _PRINCIPAL_FIELDS = ("kind", "subject", "client_id", "patient", "fhir_user", "unrestricted", "role", "organization",
                      "operator", "btg_reason")
@@ -228,6 +229,7 @@ class ExportRunner:
                 rtype = types[ti]
                 records = make(await self.decision.prepare(principal, ix, self.repo))  # consent as of now
                 count, refs, upload, done, last = 0, [], None, False, after
+                buffer = bytearray()
                 renewed = asyncio.get_running_loop().time()
                 while count < self.settings.export_file_max_resources:
                     want = min(self.settings.export_page_size, self.settings.export_file_max_resources - count)
@@ -240,7 +242,10 @@ class ExportRunner:
                         if upload is None:
                             upload = self.store.open_file(jid, n, rtype)
                         async for chunk in lines(self.repo, v):
-                            await upload.write(chunk)
+                            buffer += chunk
+                            if len(buffer) >= WRITE_SIZE:  # GridIn's own writes are costly per call
+                                await upload.write(bytes(buffer))
+                                buffer.clear()
                         refs += disclosed(v)
                         count += 1
                     last = got.last_id
@@ -251,6 +256,8 @@ class ExportRunner:
                         await self._renew(jid, gen)
                         renewed = asyncio.get_running_loop().time()
                 if upload is not None:
+                    if buffer:
+                        await upload.write(bytes(buffer))
                     await upload.close()
                     part = {"_id": f"{jid}|{n}", "job": jid, "n": n, "type": rtype, "ti": ti + 1 if done else ti,
                             "last": None if done else last, "file": upload._id, "count": count,
