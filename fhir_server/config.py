@@ -67,6 +67,22 @@ class Settings(BaseSettings):
     keep_alive_timeout_seconds: int = Field(5, ge=1, description="Idle keep-alive connections are closed after this")
     limit_concurrency: int | None = Field(
         1000, ge=1, description="Connections or tasks per worker beyond which uvicorn answers 503")
+    # bulk export (FHIR Bulk Data Access v2; README "Bulk export"; fhir_server/records/export.py)
+    export_retention_seconds: float = Field(
+        3600, gt=0, description="How long a finished export's files stay downloadable; then they are deleted "
+                                "(their URLs answer 410 to the owner)")
+    export_file_max_resources: int = Field(
+        10000, ge=1, description="Resources per output file (a type with more gets several files); also the unit "
+                                 "of progress a job resumes from after a crash")
+    export_page_size: int = Field(500, ge=1, le=5000, description="Resources read per database round trip")
+    export_lease_seconds: float = Field(
+        30, gt=0, description="A worker running an export renews its lease at each file; a job whose lease "
+                              "expired (its worker died) is resumed by another")
+    export_poll_seconds: float = Field(2, gt=0, description="How often each worker looks for export jobs to run "
+                                                           "or expire")
+    export_runner: bool = Field(True, description="Run export jobs in this process (false: only accept them)")
+    test_export_crash_after_part: int | None = Field(
+        None, description="Tests only: exit the process right after recording the N-th part of an export")
     test_crash_after_step: int | None = Field(
         None, description="Tests only: exit the process at the N-th write or commit step (crash injection)")
 

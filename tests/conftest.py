@@ -168,7 +168,8 @@ def consent_world(ferretdb_uri):
     professionals and clients (tests/consent_world.py)."""
     from tests.consent_world import build_consent_world
 
-    s = start_server(ferretdb_uri, {"FHIR_INSECURE_DEV_MODE": "false", "FHIR_WORKERS": "2", "FHIR_CONSENT_CACHE": "host"})
+    s = start_server(ferretdb_uri, {"FHIR_INSECURE_DEV_MODE": "false", "FHIR_WORKERS": "2", "FHIR_CONSENT_CACHE": "host",
+                                    "FHIR_EXPORT_POLL_SECONDS": "1"})
     try:
         yield build_consent_world(s)
     finally:

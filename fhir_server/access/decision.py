@@ -66,10 +66,18 @@ PERMISSION = {
 def permission(ix: Interaction) -> str | None:
     """The permission an interaction needs as a whole (None: nothing to check at that level)."""
     if ix.kind == k.OPERATION:
+        if ix.operation == "export":  # a bulk export is a search of every type it covers
+            return "s"
         # instance-level operations ($validate of a stored resource) read it; type-level $validate
         # checks a candidate resource about to be created
         return "r" if ix.id is not None else "c"
     return PERMISSION.get(ix.kind)
+
+
+def principal_key(p: Principal) -> str:
+    """Who owns something a principal started (a bulk export job): the same user through the same
+    client, or the same backend client. A new token of the same principal is the same owner."""
+    return "|".join([p.kind, str(p.subject or ""), str(p.client_id or "")])
 
 
 class Policy:
@@ -275,6 +283,11 @@ class Access:
             if answer is not None:
                 out.append(answer)
         return out
+
+    def owns(self, key: str | None) -> bool:
+        """Whether this caller is the principal `key` names (principal_key): only they reach what
+        they started (a bulk export's status and files); everyone else is told nothing (404)."""
+        return key is not None and key == principal_key(self.principal)
 
     def may_learn_existence(self) -> bool:
         """Whether this caller may be told that a record exists for an exact INS it searched for."""

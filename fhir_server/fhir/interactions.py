@@ -17,6 +17,11 @@ BUNDLE = "batch/transaction"
 OPERATION = "operation"
 # read and search of this server's own definitions (profiles/): static, read-only, not patient data
 CONFORMANCE_READ, CONFORMANCE_SEARCH = "conformance-read", "conformance-search"
+# a bulk export's status URL (GET: progress or manifest, DELETE: cancel) and its output files
+# (https://hl7.org/fhir/uv/bulkdata/export.html): no scope of their own; only the principal who
+# started the job reaches them (records/export.py)
+EXPORT_STATUS, EXPORT_FILE = "export-status", "export-file"
+JOB_BOUND = frozenset({EXPORT_STATUS, EXPORT_FILE})
 # what any authenticated caller may ask, whatever its scopes (the metadata needs no token at all)
 PUBLIC = frozenset({CAPABILITIES, CONFORMANCE_READ, CONFORMANCE_SEARCH})
 
@@ -31,6 +36,8 @@ class Interaction:
     id: str | None = None
     vid: str | None = None
     operation: str | None = None  # e.g. "validate" for $validate
+    job: str | None = None  # a bulk export job id (EXPORT_STATUS, EXPORT_FILE)
+    part: int | None = None  # an output file of that job (EXPORT_FILE)
     params: list[tuple[str, str]] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)  # lower-case names
     body: bytes | None = None

@@ -67,6 +67,7 @@ class _Seen:
     disclosed: list[Version] = field(default_factory=list)
     written: list[Version] = field(default_factory=list)
     concerned: set[str] = field(default_factory=set)  # patients of what was refused
+    refs: list[tuple[str | None, str]] = field(default_factory=list)  # (patient, Type/id/_history/v)
 
 
 @dataclass(slots=True)
@@ -185,11 +186,13 @@ def build_events(seen: _Seen, status: int, error: FhirError | None, source: str)
     ev = seen.event
     ix = ev.interaction
     recorded = fhir_instant(now_ms())
-    by_patient: dict[str | None, list[Version]] = {}
+    by_patient: dict[str | None, list[str]] = {}
     for v in [*seen.written, *seen.disclosed]:
         pids: set[str | None] = set(_patients_of(v)) or {None}
         for pid in pids:
-            by_patient.setdefault(pid, []).append(v)
+            by_patient.setdefault(pid, []).append(f"{v.type}/{v.id}/_history/{v.version}")
+    for pid, ref in seen.refs:
+        by_patient.setdefault(pid, []).append(ref)
     if not by_patient:
         for pid in (seen.concerned or _asked_patients(ev)):
             by_patient[pid] = []
@@ -236,8 +239,7 @@ def build_events(seen: _Seen, status: int, error: FhirError | None, source: str)
             entities.append({"what": {"reference": f"Patient/{pid}"}, "type": _coding(ENTITY_TYPE, "1", "Person"),
                              "role": _coding(OBJECT_ROLE, "1", "Patient")})
         done = set()
-        for v in versions:
-            ref = f"{v.type}/{v.id}/_history/{v.version}"
+        for ref in versions:
             if ref in done:
                 continue
             done.add(ref)
@@ -292,6 +294,11 @@ class AuditHook(Hook):
         seen = self._current(event)
         if seen is not None:
             seen.disclosed.extend(versions)
+
+    async def disclosed_refs(self, event: Event, refs: Sequence[tuple[str | None, str]]) -> None:
+        seen = self._current(event)
+        if seen is not None:
+            seen.refs.extend(refs)
 
     async def written(self, event: Event, before: Version | None, after: Version | None) -> None:
         seen = self._current(event)

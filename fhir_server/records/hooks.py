@@ -40,6 +40,11 @@ class Hook:
     async def disclosed(self, event: Event, versions: Sequence[Version]) -> None:
         return None
 
+    async def disclosed_refs(self, event: Event, refs: Sequence[tuple[str | None, str]]) -> None:
+        """Disclosed versions known only by reference: (patient id or None, "Type/id/_history/v"), for
+        content that leaves without passing through `Records` as versions (a bulk export's files)."""
+        return None
+
     async def written(self, event: Event, before: Version | None, after: Version | None) -> None:
         return None
 
@@ -66,6 +71,11 @@ class Hooks:
         if versions:
             for h in self.hooks:
                 await h.disclosed(event, versions)
+
+    async def disclosed_refs(self, event: Event, refs: Sequence[tuple[str | None, str]]) -> None:
+        if refs:
+            for h in self.hooks:
+                await h.disclosed_refs(event, refs)
 
     async def written(self, event: Event, before: Version | None, after: Version | None) -> None:
         for h in self.hooks:

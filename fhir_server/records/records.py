@@ -21,14 +21,14 @@ from datetime import datetime
 import orjson
 
 from fhir_server.access.compartment import ABOUT_PARAMS, about_patients, in_compartment_types
-from fhir_server.access.decision import Access, Effect
+from fhir_server.access.decision import Access, Effect, principal_key
 from fhir_server.fhir import dmp
 from fhir_server.fhir.outcome import FhirError, gone, not_found
 from fhir_server.fhir.profiles import Profiles
-from fhir_server.records import search, trail
+from fhir_server.records import export, search, trail
 from fhir_server.records.hooks import Event, Hooks
 from fhir_server.records.search import SearchPage
-from fhir_server.storage.documents import Version, history_id
+from fhir_server.storage.documents import Version, history_id, now_ms
 from fhir_server.storage.repository import MAX_WRITE_ATTEMPTS, Repository, Unit
 
 
@@ -261,6 +261,33 @@ class Records:
         Patient itself (404 otherwise)."""
         await self.read("Patient", patient)
         return await search.everything(self, patient, types, since, count, after)
+
+    # --- bulk export (records/export.py) ------------------------------------------------------------
+
+    async def export_kickoff(self, kind: str, patient: str | None, types: list[str] | None, since: datetime | None,
+                             request: str, base: str) -> str:
+        """Queue an export of what this caller may search (`kind`: system, patients or patient);
+        the job's id. A patient-level export needs the Patient to be visible (404 otherwise)."""
+        if patient is not None:
+            await export.visible_patient(self, patient)
+        chosen = export.check_types(self, kind, types) if types is not None else export.default_types(self, kind)
+        return await self.repo.exports.create({
+            "owner": principal_key(self.access.principal), "principal": export.principal_doc(self.access.principal),
+            "kind": kind, "rtype": None if kind == export.SYSTEM else "Patient", "patient": patient,
+            "types": chosen, "since": since, "until": now_ms(), "request": request, "base": base})
+
+    async def export_job(self, jid: str) -> tuple[dict, list[dict]]:
+        """A job of this caller and its recorded parts (404 for anyone else; 410 once expired)."""
+        job = await export.owned_job(self, jid)
+        return job, await self.repo.exports.part_list(jid)
+
+    async def export_cancel(self, jid: str) -> None:
+        await export.owned_job(self, jid)
+        await self.repo.exports.cancel(jid)
+
+    async def export_file(self, jid: str, n: int) -> tuple[dict, AsyncIterator[bytes]]:
+        """An output file (the part record and its content); its disclosure is reported to the hooks."""
+        return await export.file_of(self, jid, n)
 
     async def matching(self, rtype: str, query, limit: int) -> list[Version]:
         """Resources matching conditional-interaction criteria (what a search would find)."""

@@ -6,6 +6,7 @@ the read path stays close to raw Starlette throughput (docs/decisions.md).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -31,6 +32,7 @@ from fhir_server.fhir import offload
 from fhir_server.fhir.outcome import FhirError
 from fhir_server.ops.headers import HostGuardMiddleware, SecurityHeadersMiddleware
 from fhir_server.ops.observability import ObservabilityMiddleware, configure_logging
+from fhir_server.records.export import ExportRunner
 from fhir_server.records.hooks import Hook
 from fhir_server.rest import interaction as interactions
 from fhir_server.rest.context import RequestContext
@@ -63,9 +65,17 @@ def create_app(settings: Settings | None = None, *, policies: Sequence[Policy] =
                         "(FHIR_INSECURE_DEV_MODE=true). Never use this outside development.")
         engine = services.engine
         log.info("engine ready", extra={"interaction": f"{engine.name} {engine.version} transactions={engine.transactions}"})
+        runner = None
+        if settings.export_runner:  # bulk export jobs run in every worker (records/export.py)
+            runner = asyncio.create_task(ExportRunner(services.repository, services.access, settings,
+                                                      services.profiles).run_forever())
         try:
             yield
         finally:
+            if runner is not None:
+                runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await runner
             if services.trail is not None:
                 await services.trail.close()  # the last audit batch and chain head reach the database
             await client.close()
@@ -183,8 +193,10 @@ async def fhir_endpoint(request: Request) -> Response:
             query = "&".join(p for p in (query, body.decode("utf-8", "replace")) if p)
             body = None
         ix = interactions.parse(request.method, request.path_params.get("path", ""), query, headers, body)
-        if not (ix.type == "Binary" and ix.kind in (interactions.READ, interactions.VREAD)):
-            negotiate(params.get("_format"), request.headers.get("accept"))  # Binary may be read raw
+        # Binary may be read raw; bulk export files are NDJSON (Accept: application/fhir+ndjson)
+        if not (ix.type == "Binary" and ix.kind in (interactions.READ, interactions.VREAD)) \
+                and ix.kind != interactions.EXPORT_FILE:
+            negotiate(params.get("_format"), request.headers.get("accept"))
         request.scope["state"]["interaction"] = ix.kind
         request.scope["state"]["resource_type"] = ix.type
         ctx = RequestContext(services, base, principal, request.scope["state"]["request_id"])

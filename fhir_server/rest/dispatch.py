@@ -32,6 +32,7 @@ from fhir_server.rest.handlers import (
     copy,
     everything,
     explain,
+    export,
     history,
     patch,
     read,
@@ -43,7 +44,8 @@ from fhir_server.rest.handlers import (
 from fhir_server.rest.result import Result, error_result
 
 OPERATIONS = {"validate": validate.validate, "explain-access": explain.explain_access,
-              "everything": everything.everything, "verify": verify.verify, "copy": copy.copy}
+              "everything": everything.everything, "verify": verify.verify, "copy": copy.copy,
+              "export": export.kickoff}
 # reads that run under the database time budget (writes are not cut short half-way)
 # the trail of what happened is never rewritten, by anyone (issue 10: 405 for everyone)
 IMMUTABLE = frozenset({"AuditEvent", "Provenance"})
@@ -65,6 +67,8 @@ HANDLERS = {
     k.HISTORY_SYSTEM: history.history,
     k.SEARCH_TYPE: search.search,
     k.SEARCH_SYSTEM: search.search,
+    k.EXPORT_STATUS: export.status,
+    k.EXPORT_FILE: export.download,
 }
 
 
@@ -74,7 +78,8 @@ async def _bind(ctx: RequestContext, ix: Interaction, event: Event) -> RequestCo
     access = await services.access.prepare(ctx.principal, ix, services.repository)
     if ix.type in IMMUTABLE and ix.kind in (k.UPDATE, k.PATCH, k.DELETE):
         raise FhirError(405, "not-supported", f"{ix.type} records are immutable: no update, patch or delete")
-    if ix.kind not in k.PUBLIC and ix.kind != k.BUNDLE:
+    # a bulk export's status and files: no scope of their own, only the job's owner (records/export.py)
+    if ix.kind not in k.PUBLIC and ix.kind != k.BUNDLE and ix.kind not in k.JOB_BOUND:
         perm = permission(ix)
         if perm is None:
             raise FhirError(403, "forbidden", f"'{ix.kind}' is not permitted")

@@ -16,6 +16,8 @@ from fhir_server.fhir.interactions import (  # noqa: F401  (re-exported: the kin
     CONFORMANCE_SEARCH,
     CREATE,
     DELETE,
+    EXPORT_FILE,
+    EXPORT_STATUS,
     HISTORY_INSTANCE,
     HISTORY_SYSTEM,
     HISTORY_TYPE,
@@ -71,6 +73,24 @@ def _conformance(ix: Interaction, segs: list[str], method: str) -> None:
                                               "search only")
 
 
+BULK_PATH = "_bulk"  # /fhir/_bulk/{job} (status), /fhir/_bulk/{job}/{n}.ndjson (output files)
+
+
+def _bulk(ix: Interaction, segs: list[str], method: str) -> None:
+    job = segs[1]
+    if not (len(job) == 32 and all(c in "0123456789abcdef" for c in job)):
+        raise FhirError(404, "not-found", "no bulk export job has this id")
+    ix.job = job
+    if len(segs) == 2:
+        ix.kind = _allowed({"GET": EXPORT_STATUS, "DELETE": EXPORT_STATUS}, method, "a bulk export status URL")
+        return
+    name = segs[2].removesuffix(".ndjson")
+    if not name.isdigit() or len(name) > 9:
+        raise FhirError(404, "not-found", "no such file in this bulk export")
+    ix.part = int(name)
+    ix.kind = _allowed({"GET": EXPORT_FILE}, method, "a bulk export file")
+
+
 def parse(method: str, path: str, query: str | list[tuple[str, str]], headers: dict[str, str],
           body: bytes | None = None, resource: dict | None = None) -> Interaction:
     """Parse `path` (relative to the FHIR base, without leading slash) and method into an Interaction."""
@@ -84,6 +104,12 @@ def parse(method: str, path: str, query: str | list[tuple[str, str]], headers: d
         ix.kind = _allowed({"GET": CAPABILITIES}, method, "metadata")
     elif segs[0] == "_history" and n == 1:
         ix.kind = _allowed({"GET": HISTORY_SYSTEM}, method, "_history")
+    elif segs[0] == "$export" and n == 1:
+        # system-level bulk export (https://hl7.org/fhir/uv/bulkdata/export.html#endpoint---system-level-export)
+        ix.kind, ix.operation = OPERATION, "export"
+        _allowed({"GET": OPERATION}, method, "$export")
+    elif segs[0] == BULK_PATH and n in (2, 3):
+        _bulk(ix, segs, method)
     elif segs[0].startswith("$"):
         raise FhirError(404, "not-supported", f"operation '{segs[0]}' is not supported at system level")
     elif segs[0] in CONFORMANCE_TYPES:

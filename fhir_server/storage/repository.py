@@ -49,6 +49,7 @@ from fhir_server.storage.documents import (
     history_id,
     now_ms,
 )
+from fhir_server.storage.exports import ExportStore
 from fhir_server.storage.transactions import COMMITTED, H_TX, AppTransaction, recover, settle
 from fhir_server.storage.unique import UniqueKeys
 
@@ -161,6 +162,7 @@ class Repository:
         self._index_specs = index_specs
         self._unique_keys = unique_keys
         self.uniques = UniqueKeys(db)
+        self.exports = ExportStore(db)  # bulk export jobs and their files (storage/exports.py)
         self._current = {t: db[t] for t in types}
         self._history = {t: db[history_collection(t)] for t in types}
 
@@ -175,6 +177,7 @@ class Repository:
             await ensure_indexes_of(self._current[t], [IndexModel([(F_UPDATED, DESCENDING), (F_ID, DESCENDING)], name="lu_id"),
                                              *self._index_specs(t)])
         await self.binaries.ensure_indexes()
+        await self.exports.ensure_indexes()
 
     # ---- units of work ------------------------------------------------------------------------
 

@@ -120,6 +120,14 @@ def capability_statement(transactions: bool = True, base_url: str = PUBLISHED_BA
             + ([{"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
                  "documentation": "The patient's compartment and what it references, through consent; _type, "
                                   "_since, _count; keyset pages"}] if rtype == "Patient" else [])
+            + ([{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
+                 "documentation": "Bulk Data v2 (Prefer: respond-async): Patient/$export (every record the caller "
+                                  "may search) and Patient/{id}/$export (one record); _type, _since, _outputFormat "
+                                  "ndjson; the same access rules as search"}] if rtype == "Patient" else [])
+            + ([{"name": "copy", "definition": "urn:fhir-dmp:OperationDefinition/copy",
+                 "documentation": "The patient's copy as one ZIP: the record as a FHIR Bundle, each attachment as "
+                                  "a file, the access history, an index.html to read offline, SHA-256 of every "
+                                  "file; what the caller may read"}] if rtype == "Patient" else [])
             + ([{"name": "explain-access", "definition": "urn:fhir-dmp:OperationDefinition/explain-access",
                  "documentation": "May this professional (actor) read or add to my record, or see this resource "
                                   "of it, and why (the Consents, labels or site policy that decide)?"}]
@@ -134,6 +142,7 @@ def capability_statement(transactions: bool = True, base_url: str = PUBLISHED_BA
         "date": RELEASE_DATE,
         "publisher": "fhir-server contributors",
         "kind": "instance",
+        "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
         "software": {"name": "fhir-server", "version": __version__},
         "implementation": {"description": "Patient-controlled shared medical record (FHIR R4)"},
         "fhirVersion": "4.0.1",
@@ -146,6 +155,9 @@ def capability_statement(transactions: bool = True, base_url: str = PUBLISHED_BA
                              "replica set, an application-level commit protocol elsewhere.",
             "resource": resources + conformance_resources(),
             "interaction": system,
+            "operation": [{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+                           "documentation": "Bulk Data v2 system-level export of every type the caller may search "
+                                            "(backend services with system/ scopes); files expire"}],
         }],
     }
 
