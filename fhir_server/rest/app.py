@@ -35,6 +35,7 @@ from fhir_server.ops.observability import ObservabilityMiddleware, configure_log
 from fhir_server.records.export import ExportRunner
 from fhir_server.records.hooks import Hook
 from fhir_server.rest import interaction as interactions
+from fhir_server.rest import openapi
 from fhir_server.rest.context import RequestContext
 from fhir_server.rest.dispatch import dispatch
 from fhir_server.rest.formats import negotiate
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None, *, policies: Sequence[Policy] =
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
         *[Route(path, _auth_endpoint(name), methods=methods) for path, name, methods in AUTH_ROUTES],
         Route("/fhir", fhir_endpoint, methods=FHIR_METHODS),
         Route("/fhir/{path:path}", fhir_endpoint, methods=FHIR_METHODS),
@@ -100,6 +102,14 @@ def create_app(settings: Settings | None = None, *, policies: Sequence[Policy] =
         app.add_middleware(HostGuardMiddleware, allowed=settings.allowed_hosts.split(","))
     app.add_middleware(ObservabilityMiddleware)
     return app
+
+
+async def openapi_json(request: Request) -> Response:
+    """The OpenAPI description of the routes (rest/openapi.py): public, no data, no secret."""
+    from fhir_server import __version__
+
+    types = tuple(request.app.state.services.repository.types)
+    return JSONResponse(openapi.document(types, __version__), headers={"Cache-Control": "public, max-age=3600"})
 
 
 AUTH_MAX_BODY = 64 * 1024  # forms of the authorization server are small

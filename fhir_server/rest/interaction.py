@@ -7,6 +7,7 @@ https://hl7.org/fhir/R4/http.html, Bundle entries: https://hl7.org/fhir/R4/http.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qsl
 
 from fhir_server.fhir.interactions import (  # noqa: F401  (re-exported: the kinds are part of this API)
@@ -91,10 +92,16 @@ def _bulk(ix: Interaction, segs: list[str], method: str) -> None:
     ix.kind = _allowed({"GET": EXPORT_FILE}, method, "a bulk export file")
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def parse(method: str, path: str, query: str | list[tuple[str, str]], headers: dict[str, str],
           body: bytes | None = None, resource: dict | None = None) -> Interaction:
     """Parse `path` (relative to the FHIR base, without leading slash) and method into an Interaction."""
     params = parse_qsl(query, keep_blank_values=True) if isinstance(query, str) else list(query)
+    if any(_CONTROL.search(name) or _CONTROL.search(value) for name, value in params) or _CONTROL.search(path or ""):
+        # R4 strings hold no control characters but tab, CR and LF; the engine could not compare them
+        raise FhirError(400, "invalid", "the request's path or parameters contain control characters")
     segs = [s for s in path.split("/") if s] if path else []
     ix = Interaction(kind="", method=method, params=params, headers=headers, body=body, resource=resource)
     n = len(segs)
