@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     keep_alive_timeout_seconds: int = Field(5, ge=1, description="Idle keep-alive connections are closed after this")
     limit_concurrency: int | None = Field(
         1000, ge=1, description="Connections or tasks per worker beyond which uvicorn answers 503")
+    destruction_grace_seconds: int = Field(
+        30 * 86400, ge=0, description="After a record is closed, how long the patient keeps their copy before an "
+                                      "administrator's retention run may destroy it (the patient's own request "
+                                      "destroys it at once)")
+    test_destruction_crash_after: int | None = Field(
+        None, description="Tests only: exit the process at the N-th removal step of a record's destruction")
     test_crash_after_step: int | None = Field(
         None, description="Tests only: exit the process at the N-th write or commit step (crash injection)")
 
