@@ -325,6 +325,43 @@ def _reindex(args: argparse.Namespace) -> int:
     return _with_db(work)
 
 
+def _records(args: argparse.Namespace) -> int:
+    """Administrators' retention tools: list closed records and destructions, run the due ones."""
+    from fhir_server import composition
+    from fhir_server.records.destruction import CLI_AGENT
+    from fhir_server.storage.documents import fhir_instant, now_ms
+
+    settings = Settings()
+
+    async def work(db) -> int:
+        destroyer, trail = await composition.destroyer_for_cli(settings, db)
+        try:
+            if args.action == "list":
+                pending = {j["patient"] for j in await destroyer.jobs() if j.get("state") != "done"}
+                now = now_ms()
+                for c in await destroyer.closed_records():
+                    assert c.closed_since is not None and c.grace_end is not None
+                    print(json.dumps({"patient": c.patient, "closed_since": fhir_instant(c.closed_since),
+                                      "grace_end": fhir_instant(c.grace_end),
+                                      "destruction": "pending" if c.patient in pending
+                                      else "due" if c.grace_end <= now else "waiting"}))
+                for j in await destroyer.jobs():
+                    if j.get("state") == "done":  # the patient is no longer named: the receipt does
+                        print(json.dumps({"destruction": "done", "job": j["_id"], "at": fhir_instant(j["done"]),
+                                          "receipt": f"AuditEvent/{j['receipt_id']}", "counts": j.get("counts")}))
+                return 0
+            done = await destroyer.resume()
+            done += await destroyer.destroy_due(CLI_AGENT)
+            for j in done:
+                print(json.dumps({"destruction": "done", "job": j["_id"], "receipt": f"AuditEvent/{j['receipt_id']}",
+                                  "counts": j.get("counts")}))
+            return 0
+        finally:
+            await trail.close()
+
+    return _with_db(work)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fhir-server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -386,6 +423,14 @@ def main(argv: list[str] | None = None) -> int:
     reindex = sub.add_parser("reindex", help="recompute search index fields (after search definitions change)")
     reindex.add_argument("--type", action="append", help="only this resource type (repeatable)")
     reindex.set_defaults(func=_reindex)
+    records = sub.add_parser("records", help="retention: closed records and their destruction").add_subparsers(
+        dest="action", required=True)
+    records.add_parser("list", help="closed records (closed since, grace end, destruction waiting/due/pending) and "
+                                    "finished destructions")
+    records.add_parser("destroy-due", help="finish interrupted destructions, then destroy every closed record whose "
+                                           "grace period has ended")
+    for p in records.choices.values():
+        p.set_defaults(func=_records)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

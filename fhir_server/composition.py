@@ -22,6 +22,7 @@ from fhir_server.access.consent import ConsentPolicy
 from fhir_server.access.decision import AccessDecisionPoint, Policy
 from fhir_server.access.epoch import ENV_FILE, DatabaseEpoch, HostEpoch, NoEpoch
 from fhir_server.access.patients import PatientPicker
+from fhir_server.auth.keys import KeyStore
 from fhir_server.auth.server import AuthServer
 from fhir_server.config import Settings
 from fhir_server.engine.capabilities import EngineCapabilities, detect
@@ -29,6 +30,7 @@ from fhir_server.fhir.identifiers import unique_keys
 from fhir_server.fhir.profiles import Profiles
 from fhir_server.fhir.types import SUPPORTED_TYPES
 from fhir_server.records.audit import AuditHook
+from fhir_server.records.destruction import Destroyer
 from fhir_server.records.hooks import Hook, Hooks
 from fhir_server.records.invalidation import ConsentChanges
 from fhir_server.records.notices import BreakGlassLog
@@ -52,6 +54,7 @@ class Services:
     auth: AuthServer | None = None
     profiles: Profiles = Profiles(())  # the published StructureDefinitions (fhir/profiles.py)
     trail: AuditTrail | None = None  # the audit trail (records/trail.py)
+    destroyer: Destroyer | None = None  # record destruction (records/destruction.py)
 
     async def ping(self) -> None:
         await self.repository.client.admin.command("ping")
@@ -102,5 +105,24 @@ async def build(settings: Settings, client: AsyncMongoClient, *, policies: Seque
     hooks = [ConsentChanges(epoch), *hooks, AuditHook(trail)]  # audit last: it hears every outcome
     auth = AuthServer(settings, db, PatientPicker(repo, consent), on_break_glass=BreakGlassLog(repo).declared)
     await auth.start()
+    destroyer = Destroyer(repo, trail, auth.keys, settings.destruction_grace_seconds,
+                          settings.test_destruction_crash_after, epoch)
+    await destroyer.ensure_indexes()
+    await destroyer.resume()  # destructions a crash interrupted: finished before serving
     return Services(settings, repo, engine, AccessDecisionPoint([consent, AuditReaders(), *policies]), Hooks(hooks),
-                    await shared_secret(db, "cursor-key"), auth, profiles, trail)
+                    await shared_secret(db, "cursor-key"), auth, profiles, trail, destroyer)
+
+
+async def destroyer_for_cli(settings: Settings, db: AsyncDatabase) -> tuple[Destroyer, AuditTrail]:
+    """The destruction service for the administrators' CLI (`fhir-server records`): the same
+    repository, audit trail (a chain of its own) and signing keys as the server."""
+    engine = await detect(db.client, settings.database)
+    repo = repository(db.client, db, engine.transactions, engine=engine)
+    await repo.ensure_indexes()
+    trail = AuditTrail(repo)
+    await trail.ensure_indexes()
+    keys = KeyStore(db, settings.signing_key_rotation_days)
+    await keys.ensure_current()
+    destroyer = Destroyer(repo, trail, keys, settings.destruction_grace_seconds, None, DatabaseEpoch(db))
+    await destroyer.ensure_indexes()
+    return destroyer, trail

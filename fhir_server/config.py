@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     export_runner: bool = Field(True, description="Run export jobs in this process (false: only accept them)")
     test_export_crash_after_part: int | None = Field(
         None, description="Tests only: exit the process right after recording the N-th part of an export")
+    destruction_grace_seconds: int = Field(
+        30 * 86400, ge=0, description="After a record is closed, how long the patient keeps their copy before an "
+                                      "administrator's retention run may destroy it (the patient's own request "
+                                      "destroys it at once)")
+    test_destruction_crash_after: int | None = Field(
+        None, description="Tests only: exit the process at the N-th removal step of a record's destruction")
     test_crash_after_step: int | None = Field(
         None, description="Tests only: exit the process at the N-th write or commit step (crash injection)")
 

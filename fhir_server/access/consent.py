@@ -38,7 +38,7 @@ import orjson
 
 from fhir_server.access.compartment import ABOUT_PARAMS, about_patients, patients_of
 from fhir_server.access.consent_rules import OPEN, Record, Verdict, authorize, record_of
-from fhir_server.access.decision import Decision, Policy, deny
+from fhir_server.access.decision import DESTROY_AFTER_GRACE, DESTROY_NEVER, DESTROY_NOW, Decision, Policy, deny
 from fhir_server.auth.principal import Principal
 from fhir_server.fhir import dmp
 from fhir_server.fhir.interactions import Interaction
@@ -412,6 +412,16 @@ class ConsentPolicy(Policy):
 
     def may_learn_existence(self, principal: Principal, state: ConsentState) -> bool | None:
         return state.kind == PROFESSIONAL
+
+    def destruction(self, principal: Principal, state: ConsentState, patient: str) -> str | None:
+        """The patient destroys their own closed record when they ask (the grace period is theirs to
+        waive); an administrator acts on the patient's documented request once it has ended; a
+        professional never (they pass the request on)."""
+        if state.kind == PATIENT:
+            return DESTROY_NOW if (principal.user_patient or principal.patient) == patient else DESTROY_NEVER
+        if state.kind == ADMIN:
+            return DESTROY_AFTER_GRACE
+        return DESTROY_NEVER
 
     def _professional_write(self, principal: Principal, state: ConsentState, rtype: str, before: dict | None,
                             after: dict | None) -> str | None:

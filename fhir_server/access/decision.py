@@ -50,6 +50,7 @@ class Decision:
 
 
 PERMIT = Decision(Effect.PERMIT)
+DESTROY_NOW, DESTROY_AFTER_GRACE, DESTROY_NEVER = "now", "after-grace", "never"
 
 
 def deny(reason: str) -> Decision:
@@ -133,6 +134,12 @@ class Policy:
     def may_learn_existence(self, principal: Principal, state) -> bool | None:
         """Whether a caller this policy hides records from may be told that a record exists for an
         exact national identifier (the DMP's existence check); None to abstain."""
+        return None
+
+    def destruction(self, principal: Principal, state, patient: str) -> str | None:
+        """Whether this caller may have `patient`'s closed record destroyed: DESTROY_NOW (their own
+        explicit request), DESTROY_AFTER_GRACE (on the patient's documented request, once the grace
+        period has ended), DESTROY_NEVER; None to abstain."""
         return None
 
 
@@ -293,6 +300,19 @@ class Access:
         """Whether this caller may be told that a record exists for an exact INS it searched for."""
         answers = [policy.may_learn_existence(self.principal, state) for policy, state in self._active]
         return any(a is True for a in answers) and not any(a is False for a in answers)
+
+    def destruction(self, patient: str) -> str:
+        """When this caller's request to destroy `patient`'s record may run (Policy.destruction): a
+        refusal by any policy wins; services that no policy binds (operators) wait for the grace
+        period, like administrators; a caller no policy speaks for may not."""
+        answers = [policy.destruction(self.principal, state, patient) for policy, state in self._active]
+        if DESTROY_NEVER in answers:
+            return DESTROY_NEVER
+        if DESTROY_NOW in answers:
+            return DESTROY_NOW
+        if DESTROY_AFTER_GRACE in answers or self.principal.unrestricted or self.principal.operator:
+            return DESTROY_AFTER_GRACE
+        return DESTROY_NEVER
 
     async def write_problem(self, perm: str, rtype: str, before: dict | None,
                             after: dict | None) -> tuple[int, str] | None:

@@ -153,6 +153,15 @@ class MongoUserDirectory:
             return None
         return self._user(doc)
 
+    async def unlink_patient(self, patient: str) -> list[str]:
+        """After the patient's record was destroyed: their accounts stay (a person may open a new
+        record later) but no longer name the Patient; returns the user names unlinked."""
+        ref = f"Patient/{patient}"
+        names = [d["_id"] async for d in self.col.find({"fhir_user": ref}, projection={"_id": 1})]
+        if names:
+            await self.col.update_many({"fhir_user": ref}, {"$unset": {"fhir_user": ""}})
+        return names
+
     async def list(self) -> list[User]:
         return [self._user(d) async for d in self.col.find({}, sort=[("_id", 1)])]
 
@@ -386,6 +395,16 @@ class StateStore:
         for b in (bucket, bucket - 1):
             prefix = f"{key}|{b}|"
             await self.failures.delete_many({"_id": {"$gte": prefix + "0", "$lt": prefix + ":"}})
+
+    async def forget_patient(self, patient: str) -> None:
+        """Drop every pending authorization, code, launch context and refresh token that names this
+        patient (their record was destroyed): they would keep the patient's id and could be used to
+        reach a later record under the same id."""
+        ref = f"Patient/{patient}"
+        await self.requests.delete_many({"params.launch_context.patient": patient})
+        for col in (self.codes, self.refresh):
+            await col.delete_many({"$or": [{"context.patient": patient}, {"fhir_user": ref}]})
+        await self.launches.delete_many({"patient": patient})
 
     async def purge_expired(self) -> None:
         now = utcnow()

@@ -21,11 +21,12 @@ from datetime import datetime
 import orjson
 
 from fhir_server.access.compartment import ABOUT_PARAMS, about_patients, in_compartment_types
-from fhir_server.access.decision import Access, Effect, principal_key
+from fhir_server.access.decision import DESTROY_NEVER, DESTROY_NOW, Access, Effect, principal_key
 from fhir_server.fhir import dmp
 from fhir_server.fhir.outcome import FhirError, gone, not_found
 from fhir_server.fhir.profiles import Profiles
 from fhir_server.records import export, search, trail
+from fhir_server.records.destruction import Destroyer, requester
 from fhir_server.records.hooks import Event, Hooks
 from fhir_server.records.search import SearchPage
 from fhir_server.storage.documents import Version, history_id, now_ms
@@ -51,10 +52,11 @@ class HistoryPage:
 class Records:
     """The data handle of one interaction. Cheap to build: one per interaction, Bundle entries included."""
 
-    __slots__ = ("repo", "access", "hooks", "event", "unit_", "base_url", "profiles_")
+    __slots__ = ("repo", "access", "hooks", "event", "unit_", "base_url", "profiles_", "destroyer")
 
     def __init__(self, repo: Repository, access: Access, hooks: Hooks, event: Event, unit: Unit | None,
-                 base_url: str, profiles: Profiles | None = None) -> None:
+                 base_url: str, profiles: Profiles | None = None, destroyer: Destroyer | None = None) -> None:
+        self.destroyer = destroyer  # records/destruction.py (None: destruction not offered)
         self.repo = repo
         self.access = access
         self.hooks = hooks
@@ -439,6 +441,32 @@ class Records:
             raise forbidden(str(exc)) from None
         except ValueError as exc:
             raise FhirError(400, "value", str(exc)) from None
+
+    # --- closure and destruction (records/destruction.py) -----------------------------------------
+
+    async def destroy(self, patient: str, reason: str | None) -> dict:
+        """Destroy `patient`'s closed record on this caller's request (the finished job, with its
+        signed receipt). The caller must be allowed to delete that Patient and see it (404 otherwise,
+        410 once destroyed for those who could see it); the decision point says whether they may ask
+        and whether the grace period applies to them."""
+        if self.destroyer is None:
+            raise FhirError(501, "not-supported", "record destruction is not configured")
+        self.require("d", "Patient")
+        v = await self.repo.read("Patient", patient, unit=self.unit_)
+        if v is None:
+            await self.read("Patient", patient)  # 410 or 404, as a read would answer
+        assert v is not None
+        if not await self.access.may_read("d", "Patient", v.json):
+            await self._refuse("Patient", v.json)
+            raise not_found("Patient", patient)
+        when = self.access.destruction(patient)
+        if when == DESTROY_NEVER:
+            raise forbidden("only the patient, or an administrator on the patient's documented request, has a record "
+                            "destroyed")
+        if when != DESTROY_NOW and not (reason or "").strip():
+            raise FhirError(400, "required", "reason is required: the patient's documented request", ["reason"])
+        return await self.destroyer.destroy(v, requester(self.access.principal), reason,
+                                            immediate=when == DESTROY_NOW)
 
     # --- the audit trail ------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from fhir_server.rest.handlers import (
     capabilities,
     conformance,
     copy,
+    destroy,
     everything,
     explain,
     export,
@@ -45,7 +46,7 @@ from fhir_server.rest.result import Result, error_result
 
 OPERATIONS = {"validate": validate.validate, "explain-access": explain.explain_access,
               "everything": everything.everything, "verify": verify.verify, "copy": copy.copy,
-              "export": export.kickoff}
+              "export": export.kickoff, "destroy": destroy.destroy}
 # reads that run under the database time budget (writes are not cut short half-way)
 # the trail of what happened is never rewritten, by anyone (issue 10: 405 for everyone)
 IMMUTABLE = frozenset({"AuditEvent", "Provenance"})
@@ -87,7 +88,8 @@ async def _bind(ctx: RequestContext, ix: Interaction, event: Event) -> RequestCo
         if decision.effect is Effect.DENY:
             raise FhirError(403, "forbidden", decision.reason or (
                 f"the token's scopes do not permit {ix.kind} on {ix.type or 'the system'}"))
-    records = Records(services.repository, access, services.hooks, event, ctx.unit, ctx.base_url, services.profiles)
+    records = Records(services.repository, access, services.hooks, event, ctx.unit, ctx.base_url, services.profiles,
+                      services.destroyer)
     return replace(ctx, records=records, run=execute)
 
 

@@ -30,6 +30,7 @@ from fhir_server.fhir import offload
 from fhir_server.fhir.outcome import FhirError
 from fhir_server.storage import keyset
 from fhir_server.storage.binaries import BinaryStore
+from fhir_server.storage.destruction import MARKERS, marker_id
 from fhir_server.storage.documents import (
     F_BINARY,
     F_BINARY_SHARED,
@@ -44,6 +45,7 @@ from fhir_server.storage.documents import (
     OP_DELETE,
     OP_UPDATE,
     Version,
+    aware,
     fhir_instant,
     history_collection,
     history_id,
@@ -238,7 +240,18 @@ class Repository:
         )
         if doc is None and rtype in APPEND_ONLY:
             return await self._appended(rtype, rid)
+        if doc is None:
+            return await self.destroyed(rtype, rid)
         return Version.from_history(rtype, doc) if doc is not None else None
+
+    async def destroyed(self, rtype: str, rid: str) -> Version | None:
+        """The marker of a resource removed by a record's destruction (storage/destruction.py): a
+        deletion at its last version number, without content, so it answers 410 and a later write
+        with the same id does not restart at version 1."""
+        doc = await self.db[MARKERS].find_one({F_ID: marker_id(rtype, rid)})
+        if doc is None:
+            return None
+        return Version(rtype, rid, doc["v"], aware(doc["at"]), OP_DELETE, None)
 
     async def vread(self, rtype: str, rid: str, version: int, unit: Unit | None = None
                     ) -> Version | None:
@@ -460,7 +473,8 @@ class Repository:
         if doc is not None:
             return doc[F_VERSION], True
         if latest is None:
-            return 0, False
+            gone = await self.destroyed(rtype, rid)
+            return (gone.version, False) if gone is not None else (0, False)
         if latest[H_OP] != OP_DELETE:  # its writer is mid-flight or died: finish its work
             full = await self._history[rtype].find_one({F_ID: latest[F_ID]}, session=_s(unit))
             assert full is not None, "history entries are never removed"

@@ -130,7 +130,10 @@ def capability_statement(transactions: bool = True, base_url: str = PUBLISHED_BA
                                   "file; what the caller may read"}] if rtype == "Patient" else [])
             + ([{"name": "explain-access", "definition": "urn:fhir-dmp:OperationDefinition/explain-access",
                  "documentation": "May this professional (actor) read or add to my record, or see this resource "
-                                  "of it, and why (the Consents, labels or site policy that decide)?"}]
+                                  "of it, and why (the Consents, labels or site policy that decide)?"},
+                {"name": "destroy", "definition": "urn:fhir-dmp:OperationDefinition/destroy",
+                 "documentation": "POST, on a closed record: remove it physically (audit kept); the answer is "
+                                  "a receipt signed by the server (JWS) and the AuditEvent that carries it"}]
                if rtype == "Patient" else []),
         })
     system = [{"code": "batch"}, {"code": "history-system"}]
