@@ -431,7 +431,7 @@ _INDEXES: dict[str, list[list[tuple[str, str]]]] = {
         [("date", DATE + ".lo")],
     ],
     "Provenance": [[("target", REFERENCE)], [("patient", REFERENCE), ("recorded", DATE + ".lo")],
-                   [("agent", REFERENCE), ("recorded", DATE + ".lo")], [("recorded", DATE + ".lo")]],
+                   [("agent", REFERENCE), ("recorded", DATE + ".lo")]],  # one insert per write: few indexes
     "List": [
         [("identifier", TOKEN)], [("patient", REFERENCE)], [("subject", REFERENCE)], [("source", REFERENCE)],
         [("item", REFERENCE)],

@@ -49,6 +49,7 @@ from fhir_server.storage.documents import (
     history_id,
     now_ms,
 )
+from fhir_server.storage.grouped import GroupedInserts
 from fhir_server.storage.transactions import COMMITTED, H_TX, AppTransaction, recover, settle
 from fhir_server.storage.unique import UniqueKeys
 
@@ -175,6 +176,8 @@ class Repository:
         self.uniques = UniqueKeys(db)
         self._current = {t: db[t] for t in types}
         self._history = {t: db[history_collection(t)] for t in types}
+        # concurrent writes' Provenance projections share one insert_many (storage/grouped.py)
+        self.provenance_inserts = GroupedInserts(self._current[PROVENANCE]) if PROVENANCE in self._current else None
 
     async def ensure_indexes(self) -> None:
         """Create the indexes that are missing; safe to run at every start-up."""
@@ -604,11 +607,10 @@ class Repository:
         body = hist[H_PROVENANCE]
         prov = orjson.loads(body)
         doc = {F_ID: prov["id"], F_VERSION: 1, F_UPDATED: hist[F_UPDATED], F_JSON: body, **self._index_fields(prov)}
-        try:
-            await self._current[PROVENANCE].insert_one(doc, session=session)
-        except DuplicateKeyError:
-            if session is not None:
-                raise
+        if session is None and self.provenance_inserts is not None:
+            await self.provenance_inserts.insert(doc)  # group commit; a duplicate means already projected
+            return
+        await self._current[PROVENANCE].insert_one(doc, session=session)  # part of the native transaction
 
     async def _apply(self, rtype: str, hist: dict, resource: dict | None, session) -> None:
         """Make `hist` the current version unless a newer one is current already (idempotent).
