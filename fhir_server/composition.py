@@ -5,7 +5,8 @@ see the same repository layout and indexes; tests inject policies and hooks thro
 
 Where future concerns plug in (docs/decisions.md, "The request path"): patient consent and
 break-glass are `Policy` objects handed to the `AccessDecisionPoint`; audit and provenance are
-`Hook` objects handed to `Hooks` (records/audit.py: the BALP audit trail).
+`Hook` objects handed to `Hooks` (records/audit.py: the BALP audit trail); the Provenance of each
+write is not a hook but part of the write itself (records/provenance.py, built here).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from fhir_server.records.destruction import Destroyer
 from fhir_server.records.hooks import Hook, Hooks
 from fhir_server.records.invalidation import ConsentChanges
 from fhir_server.records.notices import BreakGlassLog
+from fhir_server.records.provenance import ProvenanceRecorder
 from fhir_server.records.trail import AuditTrail
 from fhir_server.search.extract import index_fields, index_specs
 from fhir_server.storage.binaries import BinaryStore
@@ -55,6 +57,7 @@ class Services:
     profiles: Profiles = Profiles(())  # the published StructureDefinitions (fhir/profiles.py)
     trail: AuditTrail | None = None  # the audit trail (records/trail.py)
     destroyer: Destroyer | None = None  # record destruction (records/destruction.py)
+    provenance: ProvenanceRecorder = ProvenanceRecorder()  # the Provenance of each write (records/provenance.py)
 
     async def ping(self) -> None:
         await self.repository.client.admin.command("ping")
@@ -110,7 +113,8 @@ async def build(settings: Settings, client: AsyncMongoClient, *, policies: Seque
     await destroyer.ensure_indexes()
     await destroyer.resume()  # destructions a crash interrupted: finished before serving
     return Services(settings, repo, engine, AccessDecisionPoint([consent, AuditReaders(), *policies]), Hooks(hooks),
-                    await shared_secret(db, "cursor-key"), auth, profiles, trail, destroyer)
+                    await shared_secret(db, "cursor-key"), auth, profiles, trail, destroyer,
+                    ProvenanceRecorder(enabled=settings.provenance))
 
 
 async def destroyer_for_cli(settings: Settings, db: AsyncDatabase) -> tuple[Destroyer, AuditTrail]:

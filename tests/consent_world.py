@@ -17,6 +17,7 @@ patient consent, with these people and records (built once per session, through 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from tests.auth_helpers import add_client, add_user, backend_token, fhir_client, public_jwks, rsa_key, user_token
@@ -24,6 +25,7 @@ from tests.dmp import authorization, block, document, emergency_refusal, record_
 from tests.helpers import new_ins
 
 FHIR = {"Content-Type": "application/fhir+json"}
+BACKEND_TOKEN_REFRESH = 200  # seconds; the server issues backend tokens for at most 300
 APP_SCOPES = "openid fhirUser launch launch/patient user/*.cruds patient/*.cruds offline_access"
 RPPS = {  # Luhn-valid 11-digit numbers
     "auth": "10000000009", "gp": "10001234565", "author": "10003456786", "blocked": "10007654329",
@@ -38,6 +40,7 @@ class ConsentWorld:
     ids: dict = field(default_factory=dict)
     tokens: dict = field(default_factory=dict)
     ins: dict = field(default_factory=dict)
+    backends: dict = field(default_factory=dict)  # backend client name -> (key, scope, when its token was issued)
 
     def __getattr__(self, name):
         ids = self.__dict__.get("ids", {})
@@ -46,6 +49,11 @@ class ConsentWorld:
         raise AttributeError(name)
 
     def client(self, who: str):
+        if who in self.backends:  # backend tokens live 300 s at most: a long session outlives them
+            key, scope, issued = self.backends[who]
+            if time.monotonic() - issued > BACKEND_TOKEN_REFRESH:
+                self.tokens[who] = backend_token(self.server, who, key, scope)["access_token"]
+                self.backends[who] = (key, scope, time.monotonic())
         return fhir_client(self.server, self.tokens[who] if who in self.tokens else who)
 
     def fresh_patient(self, *, record: bool = True, gp: str | None = None, user: bool = True) -> tuple[str, str]:
@@ -85,6 +93,7 @@ def build_consent_world(server) -> ConsentWorld:
     add_client(server, "operator", "confidential-asymmetric", "system/*.cruds", redirect_uris=(),
                jwks=public_jwks(key), operator=True)
     w.tokens["operator"] = backend_token(server, "operator", key, "system/*.cruds")["access_token"]
+    w.backends["operator"] = (key, "system/*.cruds", time.monotonic())
     rpps = {k: _luhn_fix(v[:10]) for k, v in RPPS.items()}
     with w.client("operator") as op:
         def create(resource: dict) -> str:
@@ -158,4 +167,5 @@ def build_consent_world(server) -> ConsentWorld:
         add_client(server, f"org-{org}", "confidential-asymmetric", "system/*.cruds", redirect_uris=(),
                    jwks=public_jwks(k), organization=f"Organization/{w.ids['org_' + org]}")
         w.tokens[f"org-{org}"] = backend_token(server, f"org-{org}", k, "system/*.cruds")["access_token"]
+        w.backends[f"org-{org}"] = (k, "system/*.cruds", time.monotonic())
     return w

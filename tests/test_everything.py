@@ -1,6 +1,7 @@
 """`Patient/{id}/$everything` against a brute-force oracle: every resource of the server, read by an
 operator service, kept when it names the patient the way R4's Patient CompartmentDefinition says
-(plus Binary.securityContext), minus what the caller may not see under the record's rules."""
+(plus Binary.securityContext and the patient a recorded Provenance names), minus what the caller
+may not see under the record's rules."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from tests.dmp import authorization, document
 
 FHIR = {"Content-Type": "application/fhir+json"}
+PATIENT_EXTENSION = "urn:fhir-dmp:StructureDefinition/provenance-patient"
 COMPARTMENT = {  # type -> the elements that put a resource in a patient's compartment (R4 + Binary)
     "Patient": lambda r, ref: r["id"] == ref.split("/")[1] or any(link["other"].get("reference") == ref
                                                                   for link in r.get("link", [])),
@@ -21,7 +23,10 @@ COMPARTMENT = {  # type -> the elements that put a resource in a patient's compa
     "AuditEvent": lambda r, ref: not _trail(r) and (
         any(a.get("who", {}).get("reference") == ref for a in r.get("agent", []))
         or any(e.get("what", {}).get("reference") == ref for e in r.get("entity", []))),
-    "Provenance": lambda r, ref: any(t.get("reference") == ref for t in r.get("target", [])),
+    # R4: a Patient target; and the patient a recorded Provenance names (records/provenance.py, R5's patient)
+    "Provenance": lambda r, ref: any(t.get("reference") == ref for t in r.get("target", [])) or any(
+        e.get("url") == PATIENT_EXTENSION and e.get("valueReference", {}).get("reference") == ref
+        for e in r.get("extension", [])),
 }
 
 

@@ -137,6 +137,14 @@ def test_hot_query_shapes_are_index_served(loaded):
         "family and given, accents and case ignored": (
             "Patient", _search("Patient", [("family", _name(7, 6).upper()), ("given", _name(-7, 7)[:4] + "́")])),
         "name": ("Patient", _search("Patient", [("name", _name(-7, 7)[:5])])),
+        # the Provenance of every write (records/provenance.py): by target, patient, agent, recorded
+        "Provenance?target=": ("Provenance", _search("Provenance", [("target", f"Patient/{p}")])),
+        "_revinclude=Provenance:target": (
+            "Provenance", {"r_target": {"$in": [f"DocumentReference/{p}", f"Patient/{pids[2]}"]}}),
+        "a patient's Provenances since a date": (
+            "Provenance", _search("Provenance", [("patient", f"Patient/{p}"), ("recorded", "ge2025-01-01")])),
+        "the patient's Provenances under the patient's token": ("Provenance", _search("Provenance", [], patient=p)),
+        "what one agent wrote": ("Provenance", _search("Provenance", [("agent", "Practitioner/x")])),
     }
     not_served = {name: _plan(db, rtype, flt)[:400] for name, (rtype, flt) in shapes.items()
                   if not _uses_index(_plan(db, rtype, flt))}

@@ -46,6 +46,12 @@ def _state(c: httpx.Client, system: str, org_id: str) -> tuple[int, int, bool]:
     history = c.get(f"/Organization/{org_id}/_history").json()
     renamed = org.json()["name"] == f"renamed {system}"
     assert history["total"] == (2 if renamed else 1)  # no half-visible version in history either
+    # the Provenance of each write lives in its history version: it is there exactly when the write is
+    provenances = c.get("/Provenance", params={"target": f"Organization/{org_id}"}).json().get("entry", [])
+    assert sorted(e["resource"]["target"][0]["reference"] for e in provenances) == [
+        f"Organization/{org_id}/_history/{v}" for v in ((1, 2) if renamed else (1,))]
+    provenances = c.get("/Provenance", params={"_summary": "count"}).json()["total"]
+    assert provenances == (4 if renamed else 1)  # the Organization's, and one per entry
     return patients, docs, renamed
 
 

@@ -28,6 +28,7 @@ from fhir_server.fhir.profiles import Profiles
 from fhir_server.records import export, search, trail
 from fhir_server.records.destruction import Destroyer, requester
 from fhir_server.records.hooks import Event, Hooks
+from fhir_server.records.provenance import ProvenanceOf, ProvenanceRecorder
 from fhir_server.records.search import SearchPage
 from fhir_server.storage.documents import Version, history_id, now_ms
 from fhir_server.storage.repository import MAX_WRITE_ATTEMPTS, Repository, Unit
@@ -52,10 +53,11 @@ class HistoryPage:
 class Records:
     """The data handle of one interaction. Cheap to build: one per interaction, Bundle entries included."""
 
-    __slots__ = ("repo", "access", "hooks", "event", "unit_", "base_url", "profiles_", "destroyer")
+    __slots__ = ("repo", "access", "hooks", "event", "unit_", "base_url", "profiles_", "destroyer", "recorder")
 
     def __init__(self, repo: Repository, access: Access, hooks: Hooks, event: Event, unit: Unit | None,
-                 base_url: str, profiles: Profiles | None = None, destroyer: Destroyer | None = None) -> None:
+                 base_url: str, profiles: Profiles | None = None, destroyer: Destroyer | None = None,
+                 recorder: ProvenanceRecorder | None = None) -> None:
         self.destroyer = destroyer  # records/destruction.py (None: destruction not offered)
         self.repo = repo
         self.access = access
@@ -64,6 +66,7 @@ class Records:
         self.unit_ = unit
         self.base_url = base_url
         self.profiles_ = profiles or Profiles(())
+        self.recorder = recorder or ProvenanceRecorder()
 
 
     @property
@@ -315,6 +318,13 @@ class Records:
                 raise FhirError(400, "invalid", f"{rtype} refers to Patient/{pid}, which does not exist",
                                 [f"{rtype}.{ABOUT_PARAMS[rtype][0]}"] if rtype in ABOUT_PARAMS else [])
 
+    def _provenance(self, rtype: str, rid: str, about: dict | None, supplied: dict | None) -> ProvenanceOf | None:
+        """The builder of this write's Provenance (records/provenance.py), about the patients whose
+        record the version written (or, for a deletion, the one deleted) belongs to; 400 first when
+        the client's own Provenance (`supplied`, X-Provenance) does not describe this write."""
+        patients = about_patients(rtype, about) if about is not None else set()
+        return self.recorder.for_write(self.event.principal, rtype, rid, patients, supplied)
+
     async def _visible_before(self, perm: str, rtype: str, rid: str) -> Version | None:
         """The current version a write replaces; 404 when the caller may not see it."""
         before = await self.repo.read(rtype, rid, unit=self.unit_)
@@ -324,33 +334,36 @@ class Records:
         return before
 
     async def create(self, rtype: str, resource: dict, *, content: bytes | None = None,
-                     rid: str | None = None) -> Version:
+                     rid: str | None = None, provenance: dict | None = None) -> Version:
         """Create with a new id (or `rid`, pre-assigned by a transaction); the check runs on the
-        resource with the id it will be stored under."""
+        resource with the id it will be stored under. `provenance`, on every write: the client's
+        own Provenance (X-Provenance), checked, then stored with the write."""
         self.require("c", rtype)
         rid = rid or str(uuid.uuid4())
         resource = {**resource, "id": rid}
         await self._check_write("c", rtype, None, resource)
-        v = await self.repo.create(rtype, resource, content=content, rid=rid, unit=self.unit_)
+        prov = self._provenance(rtype, rid, resource, provenance)
+        v = await self.repo.create(rtype, resource, content=content, rid=rid, unit=self.unit_, provenance=prov)
         await self.hooks.written(self.event, None, v)
         await self._labels_follow(rtype, None, resource)
         return v
 
     async def update(self, rtype: str, rid: str, resource: dict, *, if_match: int | None = None,
-                     content: bytes | None = None) -> tuple[Version, bool]:
+                     content: bytes | None = None, provenance: dict | None = None) -> tuple[Version, bool]:
         """Update, or create with the client's id; (version, created)."""
         self.require("u", rtype)
         before = await self._visible_before("u", rtype, rid)
         resource = {**resource, "id": rid}
         await self._check_write("u", rtype, before, resource)
+        prov = self._provenance(rtype, rid, resource, provenance)
         v, created = await self.repo.update(rtype, rid, resource, if_match=if_match, content=content,
-                                            unit=self.unit_)
+                                            unit=self.unit_, provenance=prov)
         await self.hooks.written(self.event, before, v)
         await self._labels_follow(rtype, before, resource)
         return v, created
 
     async def patch(self, rtype: str, rid: str, apply: Callable[[Version], dict], *,
-                    if_match: int | None = None) -> Version:
+                    if_match: int | None = None, provenance: dict | None = None) -> Version:
         """Apply `apply(current) -> new resource` to the current version and store it, guarded by
         the version patched: a concurrent update makes us re-apply on top of it, never lose it."""
         self.require("u", rtype)
@@ -364,8 +377,10 @@ class Records:
                                                  f"version {current.version}")
             patched = apply(current)
             await self._check_write("u", rtype, current, patched)
+            prov = self._provenance(rtype, rid, patched, provenance)
             try:
-                v, _ = await self.repo.update(rtype, rid, patched, if_match=current.version, unit=self.unit_)
+                v, _ = await self.repo.update(rtype, rid, patched, if_match=current.version, unit=self.unit_,
+                                              provenance=prov)
             except FhirError as exc:
                 if exc.status == 412 and if_match is None and not self.in_unit:
                     continue  # someone updated in between: re-apply the patch on their version
@@ -408,16 +423,20 @@ class Records:
             if meta:
                 binary["meta"] = meta
             v, _ = await self.repo.update("Binary", bid, binary, if_match=current.version, unit=self.unit_,
-                                          keep_content=current)
+                                          keep_content=current,
+                                          provenance=self._provenance("Binary", bid, binary, None))
             await self.hooks.written(self.event, current, v)
 
-    async def delete(self, rtype: str, rid: str, *, if_match: int | None = None) -> Version | None:
+    async def delete(self, rtype: str, rid: str, *, if_match: int | None = None,
+                     provenance: dict | None = None) -> Version | None:
         """Write a tombstone; None when there was nothing to delete (delete is idempotent)."""
         self.require("d", rtype)
         before = await self._visible_before("d", rtype, rid)
         if before is not None:
             await self._check_write("d", rtype, before, None)
-        v = await self.repo.delete(rtype, rid, if_match=if_match, unit=self.unit_)
+        old = orjson.loads(before.json) if before is not None and before.json is not None else None
+        prov = self._provenance(rtype, rid, old, provenance)
+        v = await self.repo.delete(rtype, rid, if_match=if_match, unit=self.unit_, provenance=prov)
         if v is not None:
             await self.hooks.written(self.event, before, v)
         return v

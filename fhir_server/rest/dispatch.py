@@ -89,7 +89,7 @@ async def _bind(ctx: RequestContext, ix: Interaction, event: Event) -> RequestCo
             raise FhirError(403, "forbidden", decision.reason or (
                 f"the token's scopes do not permit {ix.kind} on {ix.type or 'the system'}"))
     records = Records(services.repository, access, services.hooks, event, ctx.unit, ctx.base_url, services.profiles,
-                      services.destroyer)
+                      services.destroyer, services.provenance)
     return replace(ctx, records=records, run=execute)
 
 

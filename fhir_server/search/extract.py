@@ -77,9 +77,12 @@ def walk(resource: dict, spec: PathSpec) -> list[Typed]:
                 else:
                     nxt.append(v)
         nodes = nxt
+        if spec.where is not None and spec.where_at == i:  # `extension.where(url='…').value`
+            key, want = spec.where
+            nodes = [n for n in nodes if isinstance(n, dict) and n.get(key) == want]
         if not nodes and i < last:
             return []
-    if spec.where:
+    if spec.where and spec.where_at is None:
         key, want = spec.where
         out = [(v, t) for v, t in out if isinstance(v, dict) and v.get(key) == want]
     if spec.resolve_is:
@@ -427,7 +430,8 @@ _INDEXES: dict[str, list[list[tuple[str, str]]]] = {
         [("agent", REFERENCE), ("date", DATE + ".lo")],
         [("date", DATE + ".lo")],
     ],
-    "Provenance": [[("target", REFERENCE)], [("patient", REFERENCE), ("recorded", DATE + ".lo")]],
+    "Provenance": [[("target", REFERENCE)], [("patient", REFERENCE), ("recorded", DATE + ".lo")],
+                   [("agent", REFERENCE), ("recorded", DATE + ".lo")]],  # one insert per write: few indexes
     "List": [
         [("identifier", TOKEN)], [("patient", REFERENCE)], [("subject", REFERENCE)], [("source", REFERENCE)],
         [("item", REFERENCE)],

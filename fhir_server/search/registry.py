@@ -64,6 +64,7 @@ class PathSpec:
     code_system: str | None = None  # implicit system of a required-bound `code`
     resolve_is: str | None = None  # `.where(resolve() is X)`
     where: tuple[str, str] | None = None  # `.where(key='value')`
+    where_at: int | None = None  # the step whose nodes `where` filters (None: the values selected)
     truthy: bool = False  # `X.exists() and X != false`
 
     @classmethod
@@ -74,6 +75,7 @@ class PathSpec:
             code_system=d.get("codeSystem"),
             resolve_is=d.get("resolveIs"),
             where=tuple(d["where"]) if d.get("where") else None,
+            where_at=d.get("whereAt"),
             truthy=bool(d.get("truthy")),
         )
 

@@ -52,12 +52,17 @@ from fhir_server.storage.documents import (
     now_ms,
 )
 from fhir_server.storage.exports import ExportStore
+from fhir_server.storage.grouped import GroupedInserts
 from fhir_server.storage.transactions import COMMITTED, H_TX, AppTransaction, recover, settle
 from fhir_server.storage.unique import UniqueKeys
 
 MAX_WRITE_ATTEMPTS = 64
-# types whose server-written records are stored once by `append` (no history entry): the audit trail
-APPEND_ONLY = frozenset({"AuditEvent"})
+# types whose server-written records are stored once (no history entry): the audit trail (`append`)
+# and the Provenance of each write (projected from the history version it was written in)
+APPEND_ONLY = frozenset({"AuditEvent", "Provenance"})
+PROVENANCE = "Provenance"
+H_PROVENANCE = "_pv"  # on a history version: the stored JSON of the Provenance of that write
+_PROVENANCE_IDS = uuid.UUID("5d0f3c52-9a4b-4f7e-8a51-7c2b1e0d9f63")  # uuid5 namespace of Provenance ids
 MAX_SPLIT = 1001  # ids looked up one by one where the engine cannot use an index for `$in`
 
 
@@ -84,6 +89,14 @@ def _tx(unit: Unit | None) -> AppTransaction | None:
 IndexFields = Callable[[dict], dict]
 IndexSpecs = Callable[[str], list[IndexModel]]
 UniqueKeysOf = Callable[[str, dict], list[str]]
+# (version, op, recorded) -> the Provenance resource of that write (records/provenance.py builds it)
+ProvenanceOf = Callable[[int, str, datetime], dict]
+
+
+def provenance_id(rtype: str, rid: str, version: int) -> str:
+    """The id of the Provenance of one version: derived from the version, so projecting it again
+    (a roll-forward after a crash) finds the one already there instead of making a second."""
+    return str(uuid.uuid5(_PROVENANCE_IDS, f"{rtype}/{history_id(rid, version)}"))
 
 
 def _no_index_fields(resource: dict) -> dict:
@@ -167,6 +180,8 @@ class Repository:
         self.exports = ExportStore(db)  # bulk export jobs and their files (storage/exports.py)
         self._current = {t: db[t] for t in types}
         self._history = {t: db[history_collection(t)] for t in types}
+        # concurrent writes' Provenance projections share one insert_many (storage/grouped.py)
+        self.provenance_inserts = GroupedInserts(self._current[PROVENANCE]) if PROVENANCE in self._current else None
 
     async def ensure_indexes(self) -> None:
         """Create the indexes that are missing; safe to run at every start-up."""
@@ -404,13 +419,16 @@ class Repository:
 
     async def create(
         self, rtype: str, resource: dict, *, content: bytes | None = None, rid: str | None = None,
-        unit: Unit | None = None,
+        unit: Unit | None = None, provenance: ProvenanceOf | None = None,
     ) -> Version:
-        """Create with a server-assigned id (or `rid`, chosen by the caller, e.g. a transaction)."""
+        """Create with a server-assigned id (or `rid`, chosen by the caller, e.g. a transaction).
+        `provenance`, on every write method: builds the write's Provenance, stored in its history
+        version (atomic with it) and projected into the Provenance collection when it is applied."""
         for _ in range(MAX_WRITE_ATTEMPTS):
             new_id = rid or str(uuid.uuid4())
             try:
-                return await self._write_version(rtype, new_id, 1, OP_CREATE, resource, content, unit)
+                return await self._write_version(rtype, new_id, 1, OP_CREATE, resource, content, unit,
+                                                 provenance=provenance)
             except DuplicateKeyError:
                 if rid is not None:
                     raise FhirError(409, "duplicate", f"{rtype}/{rid} already exists")
@@ -419,6 +437,7 @@ class Repository:
     async def update(
         self, rtype: str, rid: str, resource: dict, *, if_match: int | None = None,
         content: bytes | None = None, unit: Unit | None = None, keep_content: Version | None = None,
+        provenance: ProvenanceOf | None = None,
     ) -> tuple[Version, bool]:
         """Update, or create with the client's id; returns (version, created). `keep_content`: a
         Binary version whose GridFS content the new version keeps (a change of its labels only)."""
@@ -428,14 +447,16 @@ class Repository:
             version = current + 1
             op = OP_UPDATE if exists else OP_CREATE
             try:
-                written = await self._write_version(rtype, rid, version, op, resource, content, unit, keep_content)
+                written = await self._write_version(rtype, rid, version, op, resource, content, unit, keep_content,
+                                                    provenance)
                 return written, not exists
             except DuplicateKeyError:
                 await self._after_lost_race(rtype, rid, version, unit)
         raise FhirError(409, "conflict", f"{rtype}/{rid} is being updated concurrently; try again")
 
     async def delete(
-        self, rtype: str, rid: str, *, if_match: int | None = None, unit: Unit | None = None
+        self, rtype: str, rid: str, *, if_match: int | None = None, unit: Unit | None = None,
+        provenance: ProvenanceOf | None = None,
     ) -> Version | None:
         """Write a tombstone; None when there was nothing to delete (delete is idempotent)."""
         for _ in range(MAX_WRITE_ATTEMPTS):
@@ -445,7 +466,8 @@ class Repository:
                 return None
             version = current + 1
             try:
-                return await self._write_version(rtype, rid, version, OP_DELETE, None, None, unit)
+                return await self._write_version(rtype, rid, version, OP_DELETE, None, None, unit,
+                                                 provenance=provenance)
             except DuplicateKeyError:
                 await self._after_lost_race(rtype, rid, version, unit)
         raise FhirError(409, "conflict", f"{rtype}/{rid} is being updated concurrently; try again")
@@ -498,11 +520,14 @@ class Repository:
 
     async def _write_version(
         self, rtype: str, rid: str, version: int, op: str, resource: dict | None, content: bytes | None,
-        unit: Unit | None, keep_content: Version | None = None,
+        unit: Unit | None, keep_content: Version | None = None, provenance: ProvenanceOf | None = None,
     ) -> Version:
         updated = now_ms()
         hist: dict = {F_ID: history_id(rid, version), H_RESOURCE_ID: rid, F_VERSION: version,
                       F_UPDATED: updated, H_OP: op, F_JSON: None}
+        if provenance is not None and PROVENANCE in self._current:
+            prov = {**provenance(version, op, updated), "id": provenance_id(rtype, rid, version)}
+            hist[H_PROVENANCE] = self.stamped_json(PROVENANCE, prov, 1, fhir_instant(updated))
         if resource is not None:
             meta = resource.get("meta")
             meta = dict(meta) if isinstance(meta, dict) else {}
@@ -591,9 +616,25 @@ class Repository:
             if self._steps >= self.crash_after:
                 os._exit(70)
 
+    async def _project_provenance(self, hist: dict, session) -> None:
+        """Store the Provenance a history version carries as a resource of its own (version 1, no
+        history entry, search index fields), so that `Provenance?target=…`, `patient`, `agent`,
+        `recorded` and `_revinclude=Provenance:target` are ordinary indexed searches. Idempotent:
+        its id derives from the version, and a roll-forward finds it already there."""
+        body = hist[H_PROVENANCE]
+        prov = orjson.loads(body)
+        doc = {F_ID: prov["id"], F_VERSION: 1, F_UPDATED: hist[F_UPDATED], F_JSON: body, **self._index_fields(prov)}
+        if session is None and self.provenance_inserts is not None:
+            await self.provenance_inserts.insert(doc)  # group commit; a duplicate means already projected
+            return
+        await self._current[PROVENANCE].insert_one(doc, session=session)  # part of the native transaction
+
     async def _apply(self, rtype: str, hist: dict, resource: dict | None, session) -> None:
-        """Make `hist` the current version unless a newer one is current already (idempotent)."""
+        """Make `hist` the current version unless a newer one is current already (idempotent).
+        The version's Provenance is projected first, so it is visible no later than the version."""
         rid, version = hist[H_RESOURCE_ID], hist[F_VERSION]
+        if hist.get(H_PROVENANCE) is not None:
+            await self._project_provenance(hist, session)
         guard = {F_ID: rid, F_VERSION: {"$lt": version}}
         current = self._current[rtype]
         if hist[H_OP] == OP_DELETE:

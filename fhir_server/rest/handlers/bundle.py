@@ -32,6 +32,9 @@ _ENTRY_HEADERS = {"ifMatch": "if-match", "ifNoneMatch": "if-none-match", "ifModi
 
 
 async def bundle(ctx: RequestContext, ix: Interaction, dispatch) -> Result:
+    if ix.header("x-provenance") is not None:  # R4 defines it for the write of one resource
+        raise FhirError(400, "not-supported", "X-Provenance applies to the write of one resource, not to a Bundle: "
+                                              "each entry gets its own Provenance")
     body, sizes = await offload.run_if_large(len(ix.body or b""), _read_bundle, ix, ctx.settings.max_bundle_entries)
     entries = body.get("entry") or []
     if body["type"] == "batch":

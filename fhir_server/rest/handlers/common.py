@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 from fhir_server.fhir import offload
 from fhir_server.fhir.outcome import FhirError, Issue, operation_outcome
-from fhir_server.fhir.validation import parse_json_body
+from fhir_server.fhir.validation import parse_json_body, validate_resource
 from fhir_server.rest.context import RequestContext
 from fhir_server.rest.formats import media_type, require_json_body
 from fhir_server.rest.interaction import Interaction
@@ -81,6 +81,31 @@ def inline_binary(resource: dict, content: bytes, inline_max: int) -> bytes | No
         resource["data"] = base64.b64encode(content).decode("ascii")
         return None
     return content
+
+
+def supplied_provenance(ix: Interaction) -> dict | None:
+    """The client's own Provenance of this write, from the `X-Provenance` header
+    (https://hl7.org/fhir/R4/http.html#provenance), validated as an R4 Provenance; None without the
+    header. Its target may be left out (the client cannot know a new id or version: the server sets
+    it) and so may `recorded` (the server's instant); whether it describes this write by this caller
+    is checked by Records before anything is written. Anything wrong is 400."""
+    raw = ix.header("x-provenance")
+    if raw is None:
+        return None
+    try:
+        value = parse_json_body(raw.encode("latin-1"))  # HTTP header bytes, as the client sent them
+    except (FhirError, UnicodeEncodeError) as exc:
+        detail = exc.issues[0].diagnostics if isinstance(exc, FhirError) and exc.issues else "not JSON"
+        raise FhirError(400, "structure", f"X-Provenance: {detail}")
+    if not isinstance(value, dict) or value.get("resourceType") != "Provenance":
+        raise FhirError(400, "invalid", "X-Provenance must hold one Provenance resource in JSON")
+    probe = {"target": [{"reference": f"{ix.type}/{ix.id or 'new'}"}], "recorded": "2000-01-01T00:00:00Z", **value}
+    try:
+        validate_resource(probe, expected_type="Provenance")
+    except FhirError as exc:
+        issues = exc.issues or [Issue("error", "invalid", "not a valid Provenance")]
+        raise FhirError(400, issues[0].code, f"X-Provenance: {issues[0].diagnostics}", issues[0].expression)
+    return value
 
 
 def if_match_version(ix: Interaction) -> int | None:

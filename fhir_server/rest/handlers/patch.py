@@ -14,7 +14,7 @@ from fhir_server.fhir.validation import check_depth, validate_resource
 from fhir_server.rest.context import RequestContext
 from fhir_server.rest.formats import JSON_PATCH, media_type
 from fhir_server.rest.handlers import conditional
-from fhir_server.rest.handlers.common import if_match_version, write_result
+from fhir_server.rest.handlers.common import if_match_version, supplied_provenance, write_result
 from fhir_server.rest.interaction import Interaction
 from fhir_server.rest.result import Result
 from fhir_server.storage.documents import Version
@@ -64,6 +64,7 @@ async def patch(ctx: RequestContext, ix: Interaction) -> Result:
     except (jsonpatch.JsonPatchException, TypeError, KeyError) as exc:
         raise FhirError(400, "structure", f"invalid JSON Patch: {exc}")
     if_match = if_match_version(ix)
+    provenance = supplied_provenance(ix)
     if ix.type == "Binary":
         raise FhirError(405, "not-supported", "Binary cannot be patched; update it instead")
 
@@ -78,5 +79,5 @@ async def patch(ctx: RequestContext, ix: Interaction) -> Result:
         validate_resource(patched, expected_type=ix.type)
         return patched
 
-    v = await ctx.data.patch(ix.rtype, ix.id, apply, if_match=if_match)
+    v = await ctx.data.patch(ix.rtype, ix.id, apply, if_match=if_match, provenance=provenance)
     return write_result(ctx, ix, v, 200, f"patched {v.type}/{v.id} to version {v.version}")

@@ -18,6 +18,7 @@ from fhir_server.rest.handlers.common import (
     prefer,
     resource_body,
     split_binary_content,
+    supplied_provenance,
     write_result,
 )
 from fhir_server.rest.interaction import Interaction
@@ -48,6 +49,7 @@ def _incoming(ctx: RequestContext, ix: Interaction) -> tuple[dict, bytes | None]
 
 async def create(ctx: RequestContext, ix: Interaction) -> Result:
     resource, content = await incoming(ctx, ix)  # validate first: a rejected request does nothing
+    provenance = supplied_provenance(ix)
     if_none_exist = ix.header("if-none-exist")
     if if_none_exist:
         existing = await conditional.create(ctx, ix, if_none_exist)
@@ -55,7 +57,7 @@ async def create(ctx: RequestContext, ix: Interaction) -> Result:
             return existing
     resource.pop("id", None)  # the server assigns ids on create (R4 http.html#create)
     # ix.id is only ever set by a transaction that pre-assigned it for urn:uuid rewriting
-    v = await ctx.data.create(ix.rtype, resource, content=content, rid=ix.id)
+    v = await ctx.data.create(ix.rtype, resource, content=content, rid=ix.id, provenance=provenance)
     return write_result(ctx, ix, v, 201, f"created {v.type}/{v.id} version {v.version}")
 
 
@@ -63,13 +65,15 @@ async def update(ctx: RequestContext, ix: Interaction) -> Result:
     if ix.id is None:
         return await conditional.update(ctx, ix)
     resource, content = await incoming(ctx, ix)
+    provenance = supplied_provenance(ix)
     body_id = resource.get("id")
     if body_id is None and not is_raw_binary(ix):
         raise FhirError(400, "required", "the resource must carry an id equal to the URL's", [f"{ix.type}.id"])
     if body_id is not None and body_id != ix.id:
         raise FhirError(400, "invalid", f"resource id '{body_id}' does not match the URL id '{ix.id}'",
                         [f"{ix.type}.id"])
-    v, created = await ctx.data.update(ix.rtype, ix.id, resource, if_match=if_match_version(ix), content=content)
+    v, created = await ctx.data.update(ix.rtype, ix.id, resource, if_match=if_match_version(ix), content=content,
+                                       provenance=provenance)
     status = 201 if created else 200
     return write_result(ctx, ix, v, status, f"{'created' if created else 'updated'} {v.type}/{v.id} version {v.version}")
 
@@ -77,7 +81,7 @@ async def update(ctx: RequestContext, ix: Interaction) -> Result:
 async def delete(ctx: RequestContext, ix: Interaction) -> Result:
     if ix.id is None:
         return await conditional.delete(ctx, ix)
-    v = await ctx.data.delete(ix.rtype, ix.id, if_match=if_match_version(ix))
+    v = await ctx.data.delete(ix.rtype, ix.id, if_match=if_match_version(ix), provenance=supplied_provenance(ix))
     headers = {"ETag": v.etag} if v is not None else {}
     message = f"deleted {ix.type}/{ix.id}" if v is not None else f"{ix.type}/{ix.id} did not exist; nothing deleted"
     if prefer(ix, "return") == "OperationOutcome":
