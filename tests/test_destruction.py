@@ -222,10 +222,15 @@ def test_ids_never_come_back_and_the_ins_opens_an_empty_record(world, destroyed)
         fresh = _post(op, {"resourceType": "Patient", "name": [{"family": "Again"}],
                            "identifier": [{"system": INS_SYSTEM, "value": world["ins"]}]})  # the INS is free again
         assert fresh["id"] != world["pid"]
-        _post(op, record_consent(fresh["id"]))
+        consent = _post(op, record_consent(fresh["id"]))
         r = op.get(f"/Patient/{fresh['id']}/$everything")
-        kinds = sorted(e["resource"]["resourceType"] for e in r.json()["entry"])
-        assert [k for k in kinds if k != "AuditEvent"] == ["Consent", "Patient"]  # its own audit trail only
+        found = [e["resource"] for e in r.json()["entry"]]
+        kinds = sorted(x["resourceType"] for x in found)
+        # its own audit trail and the Provenance of its two writes only
+        assert [k for k in kinds if k not in ("AuditEvent", "Provenance")] == ["Consent", "Patient"]
+        targets = {t["reference"].split("/_history/")[0] for x in found if x["resourceType"] == "Provenance"
+                   for t in x["target"]}
+        assert targets == {f"Patient/{fresh['id']}", f"Consent/{consent['id']}"}
         r = op.put(f"/DocumentReference/{world['doc']}", json={**document(fresh["id"]), "id": world["doc"]},
                    headers=FHIR)
         assert r.status_code == 201 and r.json()["meta"]["versionId"] == "3"  # after the destroyed version 2
