@@ -89,7 +89,19 @@ def test_a_refusal_and_a_failure_are_audited_with_their_outcome(w):
     [event] = _events(w.server, h["X-Request-Id"])
     validate_resource(event, expected_type="AuditEvent")
     assert event["outcome"] == "4" and "is not known" in event["outcomeDesc"]
-    assert _refs(event) == {f"DocumentReference/{w.doc_a}"}  # the id asked for, no version disclosed
+    # the id asked for, no version disclosed; in Alice's record (her access history shows the attempt),
+    # labelled so that Dr None does not learn from his own AuditEvents whose document it was
+    assert _refs(event) == {f"Patient/{w.a}", f"DocumentReference/{w.doc_a}"}
+    assert event["meta"]["security"] == [{"system": "urn:fhir-dmp:security", "code": "hidden-from-agent"}]
+    h = _rid()
+    with w.client("readonly") as c:  # authorized on Alice's record, but her masked document is not his
+        assert c.get(f"/DocumentReference/{w.doc_a}").status_code == 200
+        assert c.get(f"/DocumentReference/{w.masked_a}", headers=h).status_code == 404
+        [refused] = _events(w.server, h["X-Request-Id"])
+        assert _refs(refused) == {f"Patient/{w.a}", f"DocumentReference/{w.masked_a}"}
+        mine = c.get("/AuditEvent", params={"agent": w.pr("readonly"), "_count": "1000"}).json().get("entry", [])
+        assert mine and refused["id"] not in {e["resource"]["id"] for e in mine}  # it would confirm the document
+        assert w.masked_a not in str(mine)
     h = _rid()
     with w.client("auth") as c:  # a create that fails validation
         assert c.post("/DocumentReference", json={"resourceType": "DocumentReference"}, headers={**FHIR, **h}

@@ -29,6 +29,7 @@ import orjson
 
 from fhir_server.access.compartment import about_patients
 from fhir_server.auth.principal import Principal
+from fhir_server.fhir import dmp
 from fhir_server.fhir import interactions as k
 from fhir_server.fhir.outcome import FhirError
 from fhir_server.records.hooks import Event, Hook
@@ -66,6 +67,7 @@ class _Seen:
     event: Event
     disclosed: list[Version] = field(default_factory=list)
     written: list[Version] = field(default_factory=list)
+    refused: list[Version] = field(default_factory=list)  # asked for by id, not the caller's to see
 
 
 @dataclass(slots=True)
@@ -161,6 +163,13 @@ def build_events(seen: _Seen, status: int, error: FhirError | None, source: str)
         pids: set[str | None] = set(_patients_of(v)) or {None}
         for pid in pids:
             by_patient.setdefault(pid, []).append(v)
+    hidden_from_agent = False
+    if not by_patient and seen.refused:
+        # an attempt on a record the caller may not see: the patient is told (their access history),
+        # the caller must not learn whose it was from their own AuditEvents (access/audit_readers.py)
+        for pid in sorted({p for v in seen.refused for p in _patients_of(v)}):
+            by_patient[pid] = []
+            hidden_from_agent = True
     if not by_patient:
         by_patient[_asked_patient(ev)] = []
     elif None in by_patient and len(by_patient) > 1:  # resources of no one go with every patient's event
@@ -187,6 +196,8 @@ def build_events(seen: _Seen, status: int, error: FhirError | None, source: str)
     purposes = _purposes(ev.principal)
     if purposes:
         base["purposeOfEvent"] = purposes
+    if hidden_from_agent:
+        base["meta"] = {"security": [{"system": dmp.SECURITY_SYSTEM, "code": dmp.HIDDEN_FROM_AGENT}]}
     common: list[dict] = []
     if ix.kind in QUERIES or (ix.kind == k.OPERATION and ix.params):
         query = "&".join(f"{a}={b}" for a, b in ix.params)
@@ -213,7 +224,7 @@ def build_events(seen: _Seen, status: int, error: FhirError | None, source: str)
             done.add(ref)
             entities.append({"what": {"reference": ref}, "type": _coding(ENTITY_TYPE, "2", "System Object"),
                              "role": _coding(OBJECT_ROLE, "4", "Domain Resource")})
-        if not versions and pid is None and ix.type and ix.id and ix.kind not in (k.CREATE,):
+        if not versions and (pid is None or hidden_from_agent) and ix.type and ix.id and ix.kind not in (k.CREATE,):
             entities.append({"what": {"reference": f"{ix.type}/{ix.id}"},
                              "type": _coding(ENTITY_TYPE, "2", "System Object"),
                              "role": _coding(OBJECT_ROLE, "4", "Domain Resource")})
@@ -267,6 +278,11 @@ class AuditHook(Hook):
         seen = self._current(event)
         if seen is not None and after is not None:
             seen.written.append(after)
+
+    async def refused(self, event: Event, versions: Sequence[Version]) -> None:
+        seen = self._current(event)
+        if seen is not None:
+            seen.refused.extend(versions)
 
     async def finished(self, event: Event, status: int, error: FhirError | None) -> None:
         if event.interaction.kind in NOT_AUDITED:

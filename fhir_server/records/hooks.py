@@ -4,8 +4,9 @@ In the spirit of HAPI FHIR's consent and audit interceptors, which the pipeline 
 points rather than endpoints calling them: the dispatcher reports `started` and `finished` for
 every interaction (each Bundle entry included), and `Records` reports what it `disclosed` (every
 resource version about to be returned) and `written` (every version it stored, with the one it
-replaced). Audit (IHE BALP) and provenance plug in here; each method is awaited before the
-response is sent, so a hook that must be durable (an AuditEvent) can be.
+replaced), and what it `refused` (a version the caller asked for by id but may not see). Audit
+(IHE BALP) and provenance plug in here; each method is awaited before the response is sent, so a
+hook that must be durable (an AuditEvent) can be.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ class Hook:
     async def written(self, event: Event, before: Version | None, after: Version | None) -> None:
         return None
 
+    async def refused(self, event: Event, versions: Sequence[Version]) -> None:
+        """Versions asked for by id that the caller may not see (never disclosed to them)."""
+        return None
+
     async def finished(self, event: Event, status: int, error: FhirError | None) -> None:
         return None
 
@@ -65,6 +70,11 @@ class Hooks:
     async def written(self, event: Event, before: Version | None, after: Version | None) -> None:
         for h in self.hooks:
             await h.written(event, before, after)
+
+    async def refused(self, event: Event, versions: Sequence[Version]) -> None:
+        if versions:
+            for h in self.hooks:
+                await h.refused(event, versions)
 
     async def finished(self, event: Event, status: int, error: FhirError | None) -> None:
         for h in self.hooks:

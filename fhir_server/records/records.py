@@ -25,7 +25,8 @@ from fhir_server.access.decision import Access, Effect
 from fhir_server.fhir import dmp
 from fhir_server.fhir.outcome import FhirError, gone, not_found
 from fhir_server.fhir.profiles import Profiles
-from fhir_server.records import search, trail
+from fhir_server.records import access_history, search, trail
+from fhir_server.records.access_history import AccessHistoryPage
 from fhir_server.records.hooks import Event, Hooks
 from fhir_server.records.search import SearchPage
 from fhir_server.storage.documents import Version, history_id
@@ -137,6 +138,7 @@ class Records:
                 raise err
             raise not_found(rtype, rid)
         if not await self.access.may_read("r", rtype, v.json):
+            await self.hooks.refused(self.event, [v])  # the patient's audit learns of it; the caller does not
             raise not_found(rtype, rid)  # never confirm existence to someone who may not see it
         await self._disclose([v])
         return v
@@ -396,6 +398,11 @@ class Records:
             raise FhirError(400, "value", str(exc)) from None
 
     # --- the audit trail ------------------------------------------------------------------------
+
+    async def access_history(self, patient: str, *, count: int, after: list | None) -> AccessHistoryPage:
+        """A page of the patient's access history, newest first, with the names and documents it
+        mentions as far as the caller may see them (records/access_history.py)."""
+        return await access_history.run(self, patient, count=count, after=after)
 
     async def verify_audit(self) -> tuple[list[dict], int]:
         """Check the audit trail's hash chains (records/trail.py): (findings, chains checked). Only
