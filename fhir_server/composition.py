@@ -100,7 +100,8 @@ async def build(settings: Settings, client: AsyncMongoClient, *, policies: Seque
     trail = AuditTrail(repo, enabled=settings.audit)
     await trail.ensure_indexes()
     hooks = [ConsentChanges(epoch), *hooks, AuditHook(trail)]  # audit last: it hears every outcome
-    auth = AuthServer(settings, db, PatientPicker(repo, consent), on_break_glass=BreakGlassLog(repo).declared)
+    auth = AuthServer(settings, db, PatientPicker(repo, consent), on_break_glass=BreakGlassLog(trail).declared,
+                      audit=trail.store)  # sign-ins, tokens and revocations join the same audit trail
     await auth.start()
     return Services(settings, repo, engine, AccessDecisionPoint([consent, AuditReaders(), *policies]), Hooks(hooks),
                     await shared_secret(db, "cursor-key"), auth, profiles, trail)
