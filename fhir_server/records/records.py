@@ -52,10 +52,12 @@ class HistoryPage:
 class Records:
     """The data handle of one interaction. Cheap to build: one per interaction, Bundle entries included."""
 
-    __slots__ = ("repo", "access", "hooks", "event", "unit_", "base_url", "profiles_")
+    __slots__ = ("repo", "access", "hooks", "event", "unit_", "base_url", "profiles_", "trail")
 
     def __init__(self, repo: Repository, access: Access, hooks: Hooks, event: Event, unit: Unit | None,
-                 base_url: str, profiles: Profiles | None = None) -> None:
+                 base_url: str, profiles: Profiles | None = None, audit_trail: trail.AuditTrail | None = None
+                 ) -> None:
+        self.trail = audit_trail  # where AuditEvents received from other systems are appended
         self.repo = repo
         self.access = access
         self.hooks = hooks
@@ -286,9 +288,22 @@ class Records:
         rid = rid or str(uuid.uuid4())
         resource = {**resource, "id": rid}
         await self._check_write("c", rtype, None, resource)
+        if rtype == trail.AUDIT_TYPE and self.trail is not None:
+            return await self._received_audit(resource)
         v = await self.repo.create(rtype, resource, content=content, rid=rid, unit=self.unit_)
         await self.hooks.written(self.event, None, v)
         await self._labels_follow(rtype, None, resource)
+        return v
+
+    async def _received_audit(self, resource: dict) -> Version:
+        """An AuditEvent from another system (IHE ITI-20) joins the audit trail's hash chains, so
+        `$verify` covers it; never inside a transaction, whose rollback could not take it back."""
+        if self.in_unit:
+            raise FhirError(422, "business-rule", "AuditEvents are appended to the audit trail and cannot be part of "
+                                                  "a transaction; send them alone or in a batch")
+        assert self.trail is not None
+        v = await self.trail.received(resource)
+        await self.hooks.written(self.event, None, v)
         return v
 
     async def update(self, rtype: str, rid: str, resource: dict, *, if_match: int | None = None,

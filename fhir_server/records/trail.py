@@ -13,6 +13,11 @@ random part), numbering records from 0 (`_as`) and storing the SHA-256 of the pr
 servers never contend for one chain head; a failed batch ends its
 chain (the writer starts a new one), since part of it may have been stored. `verify` walks every
 chain and names the first record altered, removed, inserted or reordered.
+
+Received events (IHE ITI-20 "Record Audit Event": an EHR's AuditEvents POSTed by a system client
+allowed to, access/audit_readers.py) join the same chains through `received`, so `$verify` covers
+them; they keep the `recorded` they were sent with, and get the server's `meta.lastUpdated` (and
+`_lu`), which says when this server took them.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from datetime import datetime
 
 from pymongo import IndexModel
 
-from fhir_server.storage.documents import F_ID, F_JSON, F_UPDATED, aware
+from fhir_server.storage.documents import F_ID, F_JSON, F_UPDATED, OP_CREATE, Version, aware, fhir_instant, now_ms
 from fhir_server.storage.repository import Repository, ensure_indexes_of
 
 A_CHAIN, A_SEQ, A_PREV, A_HASH = "_ac", "_as", "_ap", "_ah"
@@ -54,7 +59,8 @@ class AuditTrail:
     def __init__(self, repo: Repository, enabled: bool = True) -> None:
         self.repo = repo
         self.enabled = enabled
-        self._queue: list[tuple[list[dict], asyncio.Future]] = []
+        # (events, future, when the server received them: only for events it did not write itself)
+        self._queue: list[tuple[list[dict], asyncio.Future, datetime | None]] = []
         self._writer: asyncio.Task | None = None
         self._chain = _new_chain()
         self._seq = 0
@@ -68,8 +74,22 @@ class AuditTrail:
         """Persist `events`; returns once they are written (raises if they could not be)."""
         if not events or not self.enabled:
             return
+        await self._enqueue(events, None)
+
+    async def received(self, event: dict) -> Version:
+        """Append an AuditEvent received from another system (it has its final `id`): stored even when
+        the server's own auditing is off (it is data someone sent), `recorded` as given,
+        `meta.lastUpdated` now. Returns the stored version."""
+        at = now_ms()
+        meta = {k: v for k, v in (event.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+        event = {**{k: v for k, v in event.items() if k != "meta"}, **({"meta": meta} if meta else {})}
+        await self._enqueue([event], at)
+        return Version(AUDIT_TYPE, event["id"], 1, at, OP_CREATE, self.repo.stamped_json(AUDIT_TYPE, event, 1,
+                                                                                          fhir_instant(at)))
+
+    async def _enqueue(self, events: list[dict], received_at: datetime | None) -> None:
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._queue.append((events, fut))
+        self._queue.append((events, fut, received_at))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write())
         await fut
@@ -77,31 +97,34 @@ class AuditTrail:
     async def _write(self) -> None:
         while self._queue:
             batch, self._queue = self._queue, []
-            events = [e for evs, _ in batch for e in evs]
+            events = [(e, at) for evs, _, at in batch for e in evs]
             docs, seq, prev = self._chained(events)
             try:
                 self.batches += 1
                 await self.repo.append(AUDIT_TYPE, docs)
             except BaseException as exc:
                 self._chain, self._seq, self._prev = _new_chain(), 0, GENESIS  # part may be stored
-                for _, fut in batch:
+                for _, fut, _ in batch:
                     if not fut.done():
                         fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError("cancelled"))
                 if not isinstance(exc, Exception):
                     raise
                 continue
             self._seq, self._prev = seq, prev
-            for _, fut in batch:
+            for _, fut, _ in batch:
                 if not fut.done():
                     fut.set_result(None)
 
-    def _chained(self, events: list[dict]) -> tuple[list[tuple[dict, dict]], int, str]:
+    def _chained(self, events: list[tuple[dict, datetime | None]]) -> tuple[list[tuple[dict, dict]], int, str]:
         seq, prev = self._seq, self._prev
         out = []
-        for e in events:
-            body = self.repo.stamped_json(AUDIT_TYPE, e, 1, e["recorded"])
+        for e, received_at in events:
+            body = self.repo.stamped_json(AUDIT_TYPE, e, 1, fhir_instant(received_at) if received_at else e["recorded"])
             digest = record_hash(self._chain, prev, body)
-            out.append((e, {A_CHAIN: self._chain, A_SEQ: seq, A_PREV: prev, A_HASH: digest, F_JSON: body}))
+            fields = {A_CHAIN: self._chain, A_SEQ: seq, A_PREV: prev, A_HASH: digest, F_JSON: body}
+            if received_at is not None:
+                fields[F_UPDATED] = received_at  # when we took it, not when the sender recorded it
+            out.append((e, fields))
             prev, seq = digest, seq + 1
         return out, seq, prev
 

@@ -84,7 +84,8 @@ async def _bind(ctx: RequestContext, ix: Interaction, event: Event) -> RequestCo
         if decision.effect is Effect.DENY:
             raise FhirError(403, "forbidden", decision.reason or (
                 f"the token's scopes do not permit {ix.kind} on {rtype or 'the system'}"))
-    records = Records(services.repository, access, services.hooks, event, ctx.unit, ctx.base_url, services.profiles)
+    records = Records(services.repository, access, services.hooks, event, ctx.unit, ctx.base_url, services.profiles,
+                      services.trail)
     return replace(ctx, records=records, run=execute)
 
 
