@@ -18,6 +18,14 @@ Received events (IHE ITI-20 "Record Audit Event": an EHR's AuditEvents POSTed by
 allowed to, access/audit_readers.py) join the same chains through `received`, so `$verify` covers
 them; they keep the `recorded` they were sent with, and get the server's `meta.lastUpdated` (and
 `_lu`), which says when this server took them.
+
+Retention (`FHIR_AUDIT_RETENTION_DAYS`, unset: forever): `purge` deletes, per chain, the records
+older than the limit — always a *prefix* of the chain — and first records, for each chain, a
+checkpoint "records before N are pruned; record N follows hash H". The checkpoints are written twice:
+inside an AuditEvent appended to the trail (DICOM 110101 "Audit Log Used", action D), so they are
+hash-protected like any record, and in `audit_checkpoints`, where `verify` finds them; `verify`
+checks the two agree and starts each pruned chain at its checkpoint. Deleting records without a
+checkpoint, or editing the checkpoint, is still reported.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
 
+import orjson
 from pymongo import IndexModel
 
 from fhir_server.storage.documents import F_ID, F_JSON, F_UPDATED, OP_CREATE, Version, aware, fhir_instant, now_ms
@@ -38,6 +47,9 @@ from fhir_server.storage.repository import Repository, ensure_indexes_of
 A_CHAIN, A_SEQ, A_PREV, A_HASH = "_ac", "_as", "_ap", "_ah"
 GENESIS = "0" * 64
 AUDIT_TYPE = "AuditEvent"
+CHECKPOINTS = "audit_checkpoints"
+PRUNED = "pruned"  # the _id of the one checkpoint document, and the entity detail type of each chain's
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
 
 
 def record_hash(chain: str, prev: str, body: bytes) -> str:
@@ -133,12 +145,82 @@ async def verify(repo: Repository) -> tuple[list[dict], int]:
     """Check every chain: (findings, chains checked), one finding per broken chain: {chain, seq,
     id, problem, detail}, where problem is altered | removed | inserted | reordered."""
     findings, chains = [], 0
+    starts, problem = await _checkpoints(repo)
+    if problem is not None:
+        findings.append(problem)
     async for chain, records in _chains(repo):
         chains += 1
-        problem = _first_problem(chain, records)
+        problem = _first_problem(chain, records, starts.get(chain))
         if problem is not None:
             findings.append(problem)
     return findings, chains
+
+
+def _details(chains: dict[str, tuple[int, str]]) -> list[dict]:
+    return [{"type": PRUNED, "valueString": f"{chain} {seq} {prev}"} for chain, (seq, prev) in sorted(chains.items())]
+
+
+async def _checkpoints(repo: Repository) -> tuple[dict[str, tuple[int, str]], dict | None]:
+    """The chains' pruning checkpoints, if they agree with the hash-chained AuditEvent that recorded
+    them (else a finding, and no checkpoint is trusted)."""
+    doc = await repo.db[CHECKPOINTS].find_one({F_ID: PRUNED})
+    if doc is None:
+        return {}, None
+    chains = {c: (int(v[0]), str(v[1])) for c, v in (doc.get("chains") or {}).items()}
+    event = await repo.db[AUDIT_TYPE].find_one({F_ID: doc.get("event")}, projection={F_JSON: 1})
+    recorded = None
+    if event is not None:
+        body = orjson.loads(event.get(F_JSON) or b"{}")
+        recorded = [d for e in body.get("entity") or () for d in e.get("detail") or () if d.get("type") == PRUNED]
+    if recorded != _details(chains):
+        return {}, {"chain": "-", "seq": "-", "id": doc.get("event"), "problem": "altered",
+                    "detail": "the pruning checkpoints differ from the audit event that recorded them"}
+    return chains, None
+
+
+async def purge(trail: AuditTrail, cutoff: datetime, *, dry_run: bool = False) -> dict[str, int]:
+    """Delete the records older than `cutoff`, chain by chain (a prefix of each), after recording the
+    checkpoints that let `verify` start where the records now start. {chain: records deleted}."""
+    repo = trail.repo
+    coll = repo.db[AUDIT_TYPE]
+    old = (await repo.db[CHECKPOINTS].find_one({F_ID: PRUNED})) or {}
+    chains = {c: (int(v[0]), str(v[1])) for c, v in (old.get("chains") or {}).items()}
+    plan: dict[str, int] = {}
+    for chain in sorted(c for c in await coll.distinct(A_CHAIN) if isinstance(c, str)):
+        first = await coll.find_one({A_CHAIN: chain}, sort=[(A_SEQ, 1)], projection={A_SEQ: 1})
+        keep = await coll.find_one({A_CHAIN: chain, F_UPDATED: {"$gte": cutoff}}, sort=[(A_SEQ, 1)],
+                                   projection={A_SEQ: 1})
+        if keep is None:  # all of it is old: the checkpoint follows its last record
+            last = await coll.find_one({A_CHAIN: chain}, sort=[(A_SEQ, -1)], projection={A_SEQ: 1, A_HASH: 1})
+            assert last is not None
+            upto, prev = last[A_SEQ] + 1, last[A_HASH]
+        else:
+            upto = keep[A_SEQ]
+            before = await coll.find_one({A_CHAIN: chain, A_SEQ: upto - 1}, projection={A_HASH: 1})
+            if before is None:
+                continue  # nothing older left in this chain
+            prev = before[A_HASH]
+        if first is None or upto <= first[A_SEQ]:
+            continue
+        chains[chain] = (upto, prev)
+        plan[chain] = await coll.count_documents({A_CHAIN: chain, A_SEQ: {"$lt": upto}})
+    if dry_run or not plan:
+        return plan
+    event = {"resourceType": AUDIT_TYPE, "id": str(uuid.uuid4()),
+             "type": {"system": DCM, "code": "110101", "display": "Audit Log Used"}, "action": "D",
+             "recorded": fhir_instant(now_ms()), "outcome": "0",
+             "outcomeDesc": f"retention: {sum(plan.values())} audit records before {fhir_instant(cutoff)} deleted",
+             "agent": [{"who": {"display": "fhir-server audit purge"}, "requestor": True}],
+             "source": {"observer": {"display": "fhir-server"}},
+             "entity": [{"type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
+                         "name": "audit trail checkpoints", "detail": _details(chains)}]}
+    await trail.store([event])  # the checkpoints, hash-protected, before anything is deleted
+    await repo.db[CHECKPOINTS].replace_one({F_ID: PRUNED}, {F_ID: PRUNED, "chains": {
+        c: [seq, prev] for c, (seq, prev) in chains.items()}, "event": event["id"]}, upsert=True)
+    for chain, (upto, _) in chains.items():
+        if chain in plan:
+            await coll.delete_many({A_CHAIN: chain, A_SEQ: {"$lt": upto}})
+    return plan
 
 
 async def _chains(repo: Repository) -> AsyncIterator[tuple[str, list[dict]]]:
@@ -151,9 +233,18 @@ async def _chains(repo: Repository) -> AsyncIterator[tuple[str, list[dict]]]:
         yield chain, records
 
 
-def _first_problem(chain: str, records: list[dict]) -> dict | None:
+def _first_problem(chain: str, records: list[dict], start: tuple[int, str] | None = None) -> dict | None:
+    """The first problem of one chain. `start`: its pruning checkpoint (records before seq N were
+    deleted; record N follows hash H); records before N still present (a purge interrupted) are
+    checked among themselves and must lead to H."""
     hashes = {r.get(A_HASH) for r in records}
     expected_seq, prev = 0, GENESIS
+    if start is not None and records:
+        first = records[0].get(A_SEQ)
+        if isinstance(first, int) and first < start[0]:
+            expected_seq, prev = first, str(records[0].get(A_PREV, ""))
+        else:
+            expected_seq, prev = start
     for r in records:
         seq = r.get(A_SEQ)
 
@@ -167,6 +258,8 @@ def _first_problem(chain: str, records: list[dict]) -> dict | None:
             return finding("removed", f"record {expected_seq} is missing (the next one found is {seq})")
         if own != r.get(A_HASH):
             return finding("altered", "its content no longer matches its hash")
+        if start is not None and seq == start[0] and r.get(A_PREV) != start[1]:
+            return finding("inserted", "it does not follow the pruning checkpoint")
         if r.get(A_PREV) != prev:
             if r.get(A_PREV) in hashes:
                 return finding("reordered", "its predecessor is another record of the chain")
