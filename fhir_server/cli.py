@@ -362,6 +362,34 @@ def _records(args: argparse.Namespace) -> int:
     return _with_db(work)
 
 
+def _audit(args: argparse.Namespace) -> int:
+    """`audit purge`: apply the audit retention (FHIR_AUDIT_RETENTION_DAYS). Unset, audit is kept
+    forever and nothing is deleted. Deleted records leave a checkpoint that `AuditEvent/$verify`
+    accepts (records/trail.py), recorded in an AuditEvent of its own."""
+    from datetime import UTC, datetime, timedelta
+
+    from fhir_server import composition
+    from fhir_server.records.trail import AuditTrail, purge
+
+    settings = Settings()
+    days = settings.audit_retention_days
+    if days is None:
+        print("audit retention is forever (FHIR_AUDIT_RETENTION_DAYS is not set): nothing purged")
+        return 0
+    cutoff = datetime.now(UTC) - timedelta(days=days)
+
+    async def work(db) -> int:
+        repo = composition.repository(db.client, db)
+        trail = AuditTrail(repo)
+        await trail.ensure_indexes()
+        plan = await purge(trail, cutoff, dry_run=args.dry_run)
+        verb = "would delete" if args.dry_run else "deleted"
+        print(f"audit records older than {days} days: {verb} {sum(plan.values())} in {len(plan)} chain(s)")
+        return 0
+
+    return _with_db(work)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fhir-server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -431,6 +459,12 @@ def main(argv: list[str] | None = None) -> int:
                                            "grace period has ended")
     for p in records.choices.values():
         p.set_defaults(func=_records)
+
+
+    audit = sub.add_parser("audit", help="the audit trail").add_subparsers(dest="action", required=True)
+    apurge = audit.add_parser("purge", help="delete AuditEvents older than FHIR_AUDIT_RETENTION_DAYS (unset: none)")
+    apurge.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
+    apurge.set_defaults(func=_audit)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

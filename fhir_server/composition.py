@@ -106,7 +106,8 @@ async def build(settings: Settings, client: AsyncMongoClient, *, policies: Seque
     trail = AuditTrail(repo, enabled=settings.audit)
     await trail.ensure_indexes()
     hooks = [ConsentChanges(epoch), *hooks, AuditHook(trail)]  # audit last: it hears every outcome
-    auth = AuthServer(settings, db, PatientPicker(repo, consent), on_break_glass=BreakGlassLog(repo).declared)
+    auth = AuthServer(settings, db, PatientPicker(repo, consent), on_break_glass=BreakGlassLog(trail).declared,
+                      audit=trail.store)  # sign-ins, tokens and revocations join the same audit trail
     await auth.start()
     destroyer = Destroyer(repo, trail, auth.keys, settings.destruction_grace_seconds,
                           settings.test_destruction_crash_after, epoch)

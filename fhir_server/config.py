@@ -42,6 +42,9 @@ class Settings(BaseSettings):
                                           "measures its cost); a deployment never turns it off")
     provenance: bool = Field(True, description="BENCHMARK ONLY: false stops recording a Provenance with each write "
                                                "(bench/provenance.py measures its cost); a deployment never turns it off")
+    audit_retention_days: int | None = Field(None, ge=1, description="How long AuditEvents are kept; unset: forever "
+                                                                     "(nothing is ever deleted). Set, `fhir-server "
+                                                                     "audit purge` deletes older ones")
     max_bundle_entries: int = Field(1000, ge=1, description="Most entries in a batch or transaction Bundle")
     cpu_threads: int = Field(2, ge=1, description="Threads per worker for CPU-heavy work (large bodies, argon2)")
     cpu_max_waiting: int = Field(32, ge=0, description="CPU-heavy calls that may wait for a thread; more: 503")

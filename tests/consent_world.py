@@ -25,7 +25,7 @@ from tests.dmp import authorization, block, document, emergency_refusal, record_
 from tests.helpers import new_ins
 
 FHIR = {"Content-Type": "application/fhir+json"}
-BACKEND_TOKEN_REFRESH = 200  # seconds; the server issues backend tokens for at most 300
+BACKEND_RENEW_SECONDS = 120  # well before the 300 s a backend token lives
 APP_SCOPES = "openid fhirUser launch launch/patient user/*.cruds patient/*.cruds offline_access"
 RPPS = {  # Luhn-valid 11-digit numbers
     "auth": "10000000009", "gp": "10001234565", "author": "10003456786", "blocked": "10007654329",
@@ -40,7 +40,9 @@ class ConsentWorld:
     ids: dict = field(default_factory=dict)
     tokens: dict = field(default_factory=dict)
     ins: dict = field(default_factory=dict)
-    backends: dict = field(default_factory=dict)  # backend client name -> (key, scope, when its token was issued)
+    # backend clients' keys and when their token was issued: backend tokens live at most 300 s
+    # (SMART Backend Services), shorter than a session using this world, so they are renewed
+    backends: dict = field(default_factory=dict)
 
     def __getattr__(self, name):
         ids = self.__dict__.get("ids", {})
@@ -49,12 +51,17 @@ class ConsentWorld:
         raise AttributeError(name)
 
     def client(self, who: str):
-        if who in self.backends:  # backend tokens live 300 s at most: a long session outlives them
+        if who in self.backends:
             key, scope, issued = self.backends[who]
-            if time.monotonic() - issued > BACKEND_TOKEN_REFRESH:
-                self.tokens[who] = backend_token(self.server, who, key, scope)["access_token"]
-                self.backends[who] = (key, scope, time.monotonic())
+            if time.monotonic() - issued > BACKEND_RENEW_SECONDS:
+                self.backend(who, key, scope)
         return fhir_client(self.server, self.tokens[who] if who in self.tokens else who)
+
+    def backend(self, who: str, key, scope: str) -> None:
+        """(Re)issue a backend client's token."""
+        issued = time.monotonic()
+        self.tokens[who] = backend_token(self.server, who, key, scope)["access_token"]
+        self.backends[who] = (key, scope, issued)
 
     def fresh_patient(self, *, record: bool = True, gp: str | None = None, user: bool = True) -> tuple[str, str]:
         """A new patient (open record unless `record` is False) and, with `user`, their token."""
@@ -92,8 +99,7 @@ def build_consent_world(server) -> ConsentWorld:
     key = rsa_key()
     add_client(server, "operator", "confidential-asymmetric", "system/*.cruds", redirect_uris=(),
                jwks=public_jwks(key), operator=True)
-    w.tokens["operator"] = backend_token(server, "operator", key, "system/*.cruds")["access_token"]
-    w.backends["operator"] = (key, "system/*.cruds", time.monotonic())
+    w.backend("operator", key, "system/*.cruds")
     rpps = {k: _luhn_fix(v[:10]) for k, v in RPPS.items()}
     with w.client("operator") as op:
         def create(resource: dict) -> str:
@@ -166,6 +172,5 @@ def build_consent_world(server) -> ConsentWorld:
         k = rsa_key()
         add_client(server, f"org-{org}", "confidential-asymmetric", "system/*.cruds", redirect_uris=(),
                    jwks=public_jwks(k), organization=f"Organization/{w.ids['org_' + org]}")
-        w.tokens[f"org-{org}"] = backend_token(server, f"org-{org}", k, "system/*.cruds")["access_token"]
-        w.backends[f"org-{org}"] = (k, "system/*.cruds", time.monotonic())
+        w.backend(f"org-{org}", k, "system/*.cruds")
     return w

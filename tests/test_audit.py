@@ -5,6 +5,7 @@ Provenance immutable. Expectations from IHE BALP (profiles.ihe.net/ITI/BALP) and
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 
 import orjson
@@ -89,8 +90,19 @@ def test_a_refusal_and_a_failure_are_audited_with_their_outcome(w):
     [event] = _events(w.server, h["X-Request-Id"])
     validate_resource(event, expected_type="AuditEvent")
     assert event["outcome"] == "4" and "is not known" in event["outcomeDesc"]
-    # filed under Alice's record (her access history shows the attempt), the id asked for, no version
+    # the id asked for, no version disclosed; in Alice's record (her access history shows the attempt),
+    # labelled so that Dr None does not learn from his own AuditEvents whose document it was
     assert _refs(event) == {f"Patient/{w.a}", f"DocumentReference/{w.doc_a}"}
+    assert event["meta"]["security"] == [{"system": "urn:fhir-dmp:security", "code": "hidden-from-agent"}]
+    h = _rid()
+    with w.client("readonly") as c:  # authorized on Alice's record, but her masked document is not his
+        assert c.get(f"/DocumentReference/{w.doc_a}").status_code == 200
+        assert c.get(f"/DocumentReference/{w.masked_a}", headers=h).status_code == 404
+        [refused] = _events(w.server, h["X-Request-Id"])
+        assert _refs(refused) == {f"Patient/{w.a}", f"DocumentReference/{w.masked_a}"}
+        mine = c.get("/AuditEvent", params={"agent": w.pr("readonly"), "_count": "1000"}).json().get("entry", [])
+        assert mine and refused["id"] not in {e["resource"]["id"] for e in mine}  # it would confirm the document
+        assert w.masked_a not in str(mine)
     h = _rid()
     with w.client("auth") as c:  # a create that fails validation
         assert c.post("/DocumentReference", json={"resourceType": "DocumentReference"}, headers={**FHIR, **h}
@@ -287,7 +299,7 @@ def test_a_refused_attempt_is_shown_to_the_patient_not_to_the_one_who_tried(w):
         r = c.get("/AuditEvent", params={"agent": w.pr("auth"), "_count": "1000"})
         assert r.status_code == 200 and _with_request(r.json()["entry"], allowed["X-Request-Id"])  # what they did
         assert not _with_request(r.json()["entry"], by_doctor["X-Request-Id"])
-        assert all(e["resource"]["outcome"] == "0" for e in r.json()["entry"])
+        assert not [e for e in r.json()["entry"] if "hidden-from-agent" in json.dumps(e["resource"].get("meta", {}))]
     with w.client("bob") as c:
         assert c.get(f"/DocumentReference/{w.doc_a}", headers=by_bob).status_code == 404
         r = c.get("/AuditEvent", params={"_count": "1000"})

@@ -31,8 +31,9 @@ COMPARTMENT = {  # type -> the elements that put a resource in a patient's compa
 
 
 def _trail(r: dict) -> bool:
-    """An AuditEvent the server wrote for a REST interaction (records/audit.py)."""
-    return r.get("resourceType") == "AuditEvent" and r.get("type", {}).get("code") == "rest"
+    """An AuditEvent the server wrote for a REST interaction (records/audit.py) or a sign-in or token
+    (auth/audit.py: DICOM 110114 User Authentication)."""
+    return r.get("resourceType") == "AuditEvent" and r.get("type", {}).get("code") in ("rest", "110114")
 
 
 @pytest.fixture(scope="module")

@@ -80,8 +80,9 @@ def loaded(ferretdb_uri):
         stop_server(server)
 
 
-def _plan(db, rtype: str, flt: dict) -> str:
-    return json.dumps(db.command("explain", {"find": rtype, "filter": flatten(flt)})["queryPlanner"])
+def _plan(db, rtype: str, flt: dict, sort: dict | None = None) -> str:
+    find = {"find": rtype, "filter": flatten(flt), **({"sort": sort} if sort else {})}
+    return json.dumps(db.command("explain", find)["queryPlanner"])
 
 
 def _uses_index(plan: str) -> bool:
@@ -148,6 +149,14 @@ def test_hot_query_shapes_are_index_served(loaded):
     }
     not_served = {name: _plan(db, rtype, flt)[:400] for name, (rtype, flt) in shapes.items()
                   if not _uses_index(_plan(db, rtype, flt))}
+    # Patient/{id}/$access-history and AuditEvent?patient=…&_sort=-date: the patient's events, newest
+    # first (the sort the search compiler sends), by an operator and under the patient's own token
+    newest_first = dict(mongo.sort_spec(parse("AuditEvent", [("_sort", "-date")])))
+    for name, flt in {"access history": _search("AuditEvent", [("patient", f"Patient/{p}")]),
+                      "access history under the patient's token": _search(
+                          "AuditEvent", [("patient", f"Patient/{p}")], patient=p)}.items():
+        if not _uses_index(_plan(db, "AuditEvent", flt, newest_first)):
+            not_served[name] = _plan(db, "AuditEvent", flt, newest_first)[:400]
     assert not not_served, "\n".join(f"{name}: {plan}" for name, plan in not_served.items())
 
 

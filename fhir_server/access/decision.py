@@ -64,6 +64,19 @@ PERMISSION = {
 }
 
 
+# operations whose answer is made of another type's data than the one they are invoked on: the
+# permission is asked on that type (`Patient/{id}/$access-history` reads the record's AuditEvents)
+OPERATION_TARGETS = {"access-history": ("s", "AuditEvent")}
+
+
+def required(ix: Interaction) -> tuple[str, str | None] | None:
+    """(permission, type) an interaction needs as a whole (None: nothing to check at that level)."""
+    if ix.kind == k.OPERATION and ix.operation in OPERATION_TARGETS:
+        return OPERATION_TARGETS[ix.operation]
+    perm = permission(ix)
+    return None if perm is None else (perm, ix.type)
+
+
 def permission(ix: Interaction) -> str | None:
     """The permission an interaction needs as a whole (None: nothing to check at that level)."""
     if ix.kind == k.OPERATION:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 import time
 import uuid
@@ -36,6 +37,7 @@ from joserfc.jwk import KeySet, KeySetSerialization
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from fhir_server.auth import audit as authaudit
 from fhir_server.auth import pages
 from fhir_server.auth.keys import ALG, KeyStore
 from fhir_server.auth.scopes import Scope, ScopeError, parse_scope
@@ -80,6 +82,7 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 JWKS_TIMEOUT = 5.0  # seconds for a whole client JWKS fetch
 JWKS_MAX_BYTES = 64 * 1024
 JWKS_FAILURE_SECONDS = 60  # a failed fetch is not retried sooner
+log = logging.getLogger("fhir_server.auth")
 
 
 def fhir_base(request: Request, settings) -> str:
@@ -170,10 +173,12 @@ BreakGlassNotice = Callable[[dict], Awaitable[None]]
 
 class AuthServer:
     def __init__(self, settings, db, patients: PatientPicker, users: UserDirectory | None = None,
-                 clients: ClientRegistry | None = None, on_break_glass: BreakGlassNotice | None = None) -> None:
+                 clients: ClientRegistry | None = None, on_break_glass: BreakGlassNotice | None = None,
+                 audit: authaudit.AuditSink | None = None) -> None:
         self.settings = settings
         self.patients = patients
         self.on_break_glass = on_break_glass
+        self.audit = audit  # where sign-in, token and revocation AuditEvents go (the audit trail)
         self.users = users or MongoUserDirectory(db)
         self.clients = clients or MongoClientRegistry(db)
         self.state = StateStore(db)
@@ -184,6 +189,37 @@ class AuthServer:
     async def start(self) -> None:
         await self.keys.ensure_current()
         await self.state.purge_expired()
+
+    # --- audit (auth/audit.py) -------------------------------------------------------------------
+
+    async def _audit(self, event: dict, *, required: bool) -> None:
+        """Store one AuditEvent. `required` (a sign-in or a token about to be handed out): if it
+        cannot be stored, nothing is handed out (503). Otherwise (a refusal, a revocation already
+        done) the failure is logged, without the event's content."""
+        if self.audit is None:
+            return
+        try:
+            await self.audit([event])
+        except Exception:
+            if required:
+                raise OAuthError("temporarily_unavailable", "the audit trail cannot be written; nothing was issued. "
+                                                            "Try again later", 503, {"Retry-After": "1"}) from None
+            log.warning("an authorization event could not be audited", extra={"audit_type": event["subtype"][0]["code"]})
+
+    def _event(self, request: Request, subtype: dict, **kw) -> dict:
+        return authaudit.event(subtype, address=request.client.host if request.client else None,
+                               server=issuer_for(fhir_base(request, self.settings)), **kw)
+
+    @staticmethod
+    def _who(user: User | None, grant: dict | None = None) -> dict | None:
+        if grant is not None:
+            ctx = grant.get("context") or {}
+            return {"username": grant.get("user"), "fhir_user": grant.get("fhir_user"), "name": grant.get("name"),
+                    "role": grant.get("role"), "purpose_of_use": ctx.get("purpose_of_use"),
+                    "btg_reason": ctx.get("btg_reason")}
+        if user is None:
+            return None
+        return {"username": user.username, "fhir_user": user.fhir_user, "name": user.name, "role": user.role}
 
     # --- discovery -------------------------------------------------------------------------------
 
@@ -294,11 +330,13 @@ class AuthServer:
         # may share behind NAT, a much higher budget (docs/decisions.md, "Throttling secrets")
         counted = await self._count_attempts(request, "user:" + username.lower(), self.settings.login_max_failures)
         if counted is None:
+            await self._login_failed(request, username, client, "too many failed sign-ins: throttled")
             return HTMLResponse(pages.login_page(rid, client.name or client.client_id,
                                                  "Too many failed attempts. Wait a few minutes and try again.",
                                                  username), 429, headers={**NO_STORE, "Retry-After": str(window)})
         user = await self.users.authenticate(username, password)
         if user is None:
+            await self._login_failed(request, username, client, "wrong user name or password, or account disabled")
             return HTMLResponse(pages.login_page(rid, client.name or client.client_id,
                                                  "The user name or password is incorrect.", username), 401,
                                 headers=NO_STORE)
@@ -311,6 +349,12 @@ class AuthServer:
                     "Account not linked", "This professional account's RPPS number does not match its Practitioner "
                                           "in the directory. Ask an administrator."), 403, headers=NO_STORE)
             user.fhir_user = linked
+        try:  # a sign-in that cannot be audited does not happen
+            await self._audit(self._event(request, authaudit.LOGIN, outcome="0", user=self._who(user),
+                                          client_id=client.client_id, patient=user.patient_id), required=True)
+        except OAuthError:
+            return HTMLResponse(pages.error_page("Unavailable", "Sign-in is unavailable; try again later."), 503,
+                                headers={**NO_STORE, "Retry-After": "1"})
         flow = new_token()
         from fhir_server.auth.stores import digest
 
@@ -322,6 +366,14 @@ class AuthServer:
                             secure=request.url.scheme == "https" or fhir_base(request, self.settings).startswith(
                                 "https://"))
         return response
+
+    async def _login_failed(self, request: Request, username: str, client: Client, why: str) -> None:
+        """A failed sign-in, audited under the account when it exists (a name typed that is no account
+        may be a password typed in the wrong field: it is not recorded)."""
+        known = await self.users.get(username) if username else None
+        who = self._who(known) if known is not None else {"username": "unknown account"}
+        await self._audit(self._event(request, authaudit.LOGIN, outcome="4", user=who, client_id=client.client_id,
+                                      description=why), required=False)
 
     def _needs_picker(self, params: dict, user: User) -> bool:
         words = params["scope"].split()
@@ -567,8 +619,8 @@ class AuthServer:
     # --- token endpoint --------------------------------------------------------------------------
 
     async def token(self, request: Request) -> Response:
+        form = await request.form()
         try:
-            form = await request.form()
             grant_type = form.get("grant_type")
             if grant_type == "authorization_code":
                 body = await self._code_grant(request, form)
@@ -580,6 +632,13 @@ class AuthServer:
                 raise OAuthError("unsupported_grant_type", "grant_type must be authorization_code, refresh_token or "
                                                            "client_credentials")
         except OAuthError as err:
+            if err.status != 503:  # a refused token request (an audit failure was not a refusal)
+                cid = form.get("client_id")
+                await self._audit(self._event(
+                    request, authaudit.GET_ACCESS_TOKEN, outcome="4", user=None,
+                    client_id=cid[:200] if isinstance(cid, str) else None,
+                    description=f"{err.error}: {err.description}", entities=[authaudit.token_request(form)]),
+                    required=False)
             return err.response()
         return JSONResponse(body, headers=NO_STORE)
 
@@ -602,7 +661,7 @@ class AuthServer:
         user = await self.users.get(grant["user"])
         if user is None or user.disabled:
             raise OAuthError("invalid_grant", "the user's account is disabled")
-        return await self._issue(request, client, grant, refresh=True)
+        return await self._issue(request, form, client, grant, refresh=True)
 
     async def _refresh_grant(self, request: Request, form) -> dict:
         client = await self._authenticate_client(request, form, required=True)
@@ -626,7 +685,7 @@ class AuthServer:
         user = await self.users.get(grant["user"])
         if user is None or user.disabled:
             raise OAuthError("invalid_grant", "the user's account is disabled")
-        return await self._issue(request, client, grant, refresh=True, refresh_exp=old["exp"])
+        return await self._issue(request, form, client, grant, refresh=True, refresh_exp=old["exp"])
 
     async def _client_credentials(self, request: Request, form) -> dict:
         client = await self._authenticate_client(request, form, required=True)
@@ -641,12 +700,17 @@ class AuthServer:
         base, iss = self._urls(request)
         lifetime = min(self.settings.backend_token_seconds, 300)
         acting = {"org": client.organization, "operator": client.operator}
-        token, _ = self.tokens.access_token(issuer=iss, audience=base, sub=client.client_id,
-                                            client_id=client.client_id, scope=" ".join(scopes), lifetime=lifetime,
-                                            context=acting)
+        token, claims = self.tokens.access_token(issuer=iss, audience=base, sub=client.client_id,
+                                                 client_id=client.client_id, scope=" ".join(scopes), lifetime=lifetime,
+                                                 context=acting)
+        await self._audit(self._event(request, authaudit.GET_ACCESS_TOKEN, outcome="0", user=None,
+                                      client_id=client.client_id, entities=[
+                                          authaudit.token_request(form), authaudit.token_response(claims["jti"], {
+                                              "grant_type": "client_credentials", "scope": " ".join(scopes),
+                                              "expires_in": str(lifetime)})]), required=True)
         return {"access_token": token, "token_type": "Bearer", "expires_in": lifetime, "scope": " ".join(scopes)}
 
-    async def _issue(self, request: Request, client: Client, grant: dict, *, refresh: bool,
+    async def _issue(self, request: Request, form, client: Client, grant: dict, *, refresh: bool,
                      refresh_exp: datetime | None = None) -> dict:
         base, iss = self._urls(request)
         scopes = grant["scope"].split()
@@ -664,9 +728,17 @@ class AuthServer:
                                            "fhir_user": grant.get("fhir_user"), "name": grant.get("name"),
                                            "client_id": client.client_id, "reason": context.get("btg_reason"),
                                            "seconds": lifetime})
-        token, _ = self.tokens.access_token(issuer=iss, audience=base, sub=grant["user"], client_id=client.client_id,
-                                            scope=grant["scope"], lifetime=lifetime, grant=grant["grant"],
-                                            context=token_ctx)
+        token, claims = self.tokens.access_token(issuer=iss, audience=base, sub=grant["user"],
+                                                 client_id=client.client_id, scope=grant["scope"], lifetime=lifetime,
+                                                 grant=grant["grant"], context=token_ctx)
+        refreshes = refresh and ("offline_access" in scopes or "online_access" in scopes)
+        # audited before anything is handed out or stored: no audit, no token (503)
+        await self._audit(self._event(
+            request, authaudit.GET_ACCESS_TOKEN, outcome="0", user=self._who(None, grant), client_id=client.client_id,
+            patient=context.get("patient"), entities=[authaudit.token_request(form), authaudit.token_response(
+                claims["jti"], {"grant_type": str(form.get("grant_type")), "scope": grant["scope"],
+                                "expires_in": str(lifetime), "refresh_token": "issued" if refreshes else "",
+                                "grant": grant["grant"]})]), required=True)
         body: dict = {"access_token": token, "token_type": "Bearer", "expires_in": lifetime, "scope": grant["scope"]}
         if context.get("patient") and (emergency or any(s.startswith(("patient/", "launch")) for s in scopes)):
             body["patient"] = context["patient"]
@@ -686,7 +758,7 @@ class AuthServer:
                 fhir_user=(base + "/" + fhir_user) if fhir_user and "fhirUser" in scopes else None,
                 nonce=grant.get("nonce"), lifetime=lifetime,
                 name=grant.get("name") if "profile" in scopes else None)
-        if refresh and ("offline_access" in scopes or "online_access" in scopes):
+        if refreshes:
             if refresh_exp is None:
                 seconds = (self.settings.offline_refresh_seconds if "offline_access" in scopes
                            else self.settings.online_refresh_seconds)
@@ -767,6 +839,10 @@ class AuthServer:
         if rt is not None:
             if rt["client_id"] == client.client_id:
                 await self._revoke_grant(rt["grant"])
+                await self._audit(self._event(request, authaudit.LOGOUT, outcome="0", user=self._who(None, rt),
+                                              client_id=client.client_id, patient=(rt.get("context") or {}).get("patient"),
+                                              description="refresh token revoked: its grant ended",
+                                              entities=[authaudit.revoked("grant:" + rt["grant"])]), required=False)
             return Response(status_code=200, headers=NO_STORE)
         try:
             claims = await self.tokens.verify(token, None, self._urls(request)[1])
@@ -776,6 +852,11 @@ class AuthServer:
             key = "jti:" + claims["jti"]
             await self.state.revoke(key, datetime.fromtimestamp(claims["exp"], timezone.utc))
             self.tokens.note_revoked(key)
+            user = None if claims.get("sub") == claims.get("client_id") else {
+                "username": claims.get("sub"), "fhir_user": claims.get("fhirUser"), "role": claims.get("role")}
+            await self._audit(self._event(request, authaudit.LOGOUT, outcome="0", user=user, client_id=client.client_id,
+                                          patient=claims.get("patient"), description="access token revoked",
+                                          entities=[authaudit.revoked(key)]), required=False)
         return Response(status_code=200, headers=NO_STORE)
 
 

@@ -45,6 +45,9 @@ ACTOR_TYPES = ("Practitioner", "PractitionerRole", "Organization")
 SECURITY_SYSTEM = "urn:fhir-dmp:security"
 MASKED = "masked"
 HIDDEN_FROM_PATIENT = "hidden-from-patient"
+# on an AuditEvent of an attempt refused on a record: it names the patient, which the refused actor
+# may not learn, so it is the patient's and auditors' to read, not the actor's (access/audit_readers.py)
+HIDDEN_FROM_AGENT = "hidden-from-agent"
 ORIGIN_SYSTEM = "urn:fhir-dmp:consent-origin"
 ORIGINS = ("patient", "professional", "administrator")
 CATEGORY_SYSTEM = "urn:fhir-dmp:document-category"

@@ -29,6 +29,7 @@ import orjson
 
 from fhir_server.access.compartment import about_patients
 from fhir_server.auth.principal import Principal
+from fhir_server.fhir import dmp
 from fhir_server.fhir import interactions as k
 from fhir_server.fhir.outcome import FhirError
 from fhir_server.records.hooks import Event, Hook
@@ -193,8 +194,15 @@ def build_events(seen: _Seen, status: int, error: FhirError | None, source: str)
             by_patient.setdefault(pid, []).append(f"{v.type}/{v.id}/_history/{v.version}")
     for pid, ref in seen.refs:
         by_patient.setdefault(pid, []).append(ref)
+    hidden_from_agent = False
+    if not by_patient and seen.concerned:
+        # an attempt on a record the caller may not see: the patient is told (their access history),
+        # the caller must not learn whose it was from their own AuditEvents (access/audit_readers.py)
+        for pid in sorted(seen.concerned):
+            by_patient[pid] = []
+        hidden_from_agent = True
     if not by_patient:
-        for pid in (seen.concerned or _asked_patients(ev)):
+        for pid in _asked_patients(ev):
             by_patient[pid] = []
     elif None in by_patient and len(by_patient) > 1:  # resources of no one go with every patient's event
         shared = by_patient.pop(None)
@@ -220,6 +228,8 @@ def build_events(seen: _Seen, status: int, error: FhirError | None, source: str)
     purposes = _purposes(ev.principal)
     if purposes:
         base["purposeOfEvent"] = purposes
+    if hidden_from_agent:
+        base["meta"] = {"security": [{"system": dmp.SECURITY_SYSTEM, "code": dmp.HIDDEN_FROM_AGENT}]}
     common: list[dict] = []
     if ix.kind in QUERIES or (ix.kind == k.OPERATION and ix.params):
         query = "&".join(f"{a}={b}" for a, b in ix.params)

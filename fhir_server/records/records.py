@@ -25,7 +25,8 @@ from fhir_server.access.decision import DESTROY_NEVER, DESTROY_NOW, Access, Effe
 from fhir_server.fhir import dmp
 from fhir_server.fhir.outcome import FhirError, gone, not_found
 from fhir_server.fhir.profiles import Profiles
-from fhir_server.records import export, search, trail
+from fhir_server.records import access_history, export, search, trail
+from fhir_server.records.access_history import AccessHistoryPage
 from fhir_server.records.destruction import Destroyer, requester
 from fhir_server.records.hooks import Event, Hooks
 from fhir_server.records.provenance import ProvenanceOf, ProvenanceRecorder
@@ -53,12 +54,13 @@ class HistoryPage:
 class Records:
     """The data handle of one interaction. Cheap to build: one per interaction, Bundle entries included."""
 
-    __slots__ = ("repo", "access", "hooks", "event", "unit_", "base_url", "profiles_", "destroyer", "recorder")
+    __slots__ = ("repo", "access", "hooks", "event", "unit_", "base_url", "profiles_", "destroyer", "recorder", "trail")
 
     def __init__(self, repo: Repository, access: Access, hooks: Hooks, event: Event, unit: Unit | None,
                  base_url: str, profiles: Profiles | None = None, destroyer: Destroyer | None = None,
-                 recorder: ProvenanceRecorder | None = None) -> None:
+                 recorder: ProvenanceRecorder | None = None, audit_trail: trail.AuditTrail | None = None) -> None:
         self.destroyer = destroyer  # records/destruction.py (None: destruction not offered)
+        self.trail = audit_trail  # where AuditEvents received from other systems are appended
         self.repo = repo
         self.access = access
         self.hooks = hooks
@@ -152,7 +154,7 @@ class Records:
                 raise err
             raise not_found(rtype, rid)
         if not await self.access.may_read("r", rtype, v.json):
-            await self._refuse(rtype, v.json)
+            await self._refuse(rtype, v.json)  # the patient's audit learns of it; the caller does not
             raise not_found(rtype, rid)  # never confirm existence to someone who may not see it
         await self._disclose([v])
         return v
@@ -342,10 +344,23 @@ class Records:
         rid = rid or str(uuid.uuid4())
         resource = {**resource, "id": rid}
         await self._check_write("c", rtype, None, resource)
+        if rtype == trail.AUDIT_TYPE and self.trail is not None:
+            return await self._received_audit(resource)
         prov = self._provenance(rtype, rid, resource, provenance)
         v = await self.repo.create(rtype, resource, content=content, rid=rid, unit=self.unit_, provenance=prov)
         await self.hooks.written(self.event, None, v)
         await self._labels_follow(rtype, None, resource)
+        return v
+
+    async def _received_audit(self, resource: dict) -> Version:
+        """An AuditEvent from another system (IHE ITI-20) joins the audit trail's hash chains, so
+        `$verify` covers it; never inside a transaction, whose rollback could not take it back."""
+        if self.in_unit:
+            raise FhirError(422, "business-rule", "AuditEvents are appended to the audit trail and cannot be part of "
+                                                  "a transaction; send them alone or in a batch")
+        assert self.trail is not None
+        v = await self.trail.received(resource)
+        await self.hooks.written(self.event, None, v)
         return v
 
     async def update(self, rtype: str, rid: str, resource: dict, *, if_match: int | None = None,
@@ -488,6 +503,11 @@ class Records:
                                             immediate=when == DESTROY_NOW)
 
     # --- the audit trail ------------------------------------------------------------------------
+
+    async def access_history(self, patient: str, *, count: int, after: list | None) -> AccessHistoryPage:
+        """A page of the patient's access history, newest first, with the names and documents it
+        mentions as far as the caller may see them (records/access_history.py)."""
+        return await access_history.run(self, patient, count=count, after=after)
 
     async def verify_audit(self) -> tuple[list[dict], int]:
         """Check the audit trail's hash chains (records/trail.py): (findings, chains checked). Only

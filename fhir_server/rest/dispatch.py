@@ -18,7 +18,7 @@ from dataclasses import replace
 import pymongo
 from pymongo.errors import ConnectionFailure, DocumentTooLarge, OperationFailure, PyMongoError
 
-from fhir_server.access.decision import Effect, permission
+from fhir_server.access.decision import Effect, required
 from fhir_server.fhir import interactions as k
 from fhir_server.fhir.interactions import Interaction
 from fhir_server.fhir.outcome import FhirError
@@ -26,6 +26,7 @@ from fhir_server.records.hooks import Event
 from fhir_server.records.records import Records
 from fhir_server.rest.context import RequestContext
 from fhir_server.rest.handlers import (
+    access_history,
     bundle,
     capabilities,
     conformance,
@@ -46,7 +47,7 @@ from fhir_server.rest.result import Result, error_result
 
 OPERATIONS = {"validate": validate.validate, "explain-access": explain.explain_access,
               "everything": everything.everything, "verify": verify.verify, "copy": copy.copy,
-              "export": export.kickoff, "destroy": destroy.destroy}
+              "export": export.kickoff, "destroy": destroy.destroy, "access-history": access_history.access_history}
 # reads that run under the database time budget (writes are not cut short half-way)
 # the trail of what happened is never rewritten, by anyone (issue 10: 405 for everyone)
 IMMUTABLE = frozenset({"AuditEvent", "Provenance"})
@@ -81,15 +82,16 @@ async def _bind(ctx: RequestContext, ix: Interaction, event: Event) -> RequestCo
         raise FhirError(405, "not-supported", f"{ix.type} records are immutable: no update, patch or delete")
     # a bulk export's status and files: no scope of their own, only the job's owner (records/export.py)
     if ix.kind not in k.PUBLIC and ix.kind != k.BUNDLE and ix.kind not in k.JOB_BOUND:
-        perm = permission(ix)
-        if perm is None:
+        needed = required(ix)
+        if needed is None:
             raise FhirError(403, "forbidden", f"'{ix.kind}' is not permitted")
-        decision = access.decide(perm, ix.type)
+        perm, rtype = needed
+        decision = access.decide(perm, rtype)
         if decision.effect is Effect.DENY:
             raise FhirError(403, "forbidden", decision.reason or (
-                f"the token's scopes do not permit {ix.kind} on {ix.type or 'the system'}"))
+                f"the token's scopes do not permit {ix.kind} on {rtype or 'the system'}"))
     records = Records(services.repository, access, services.hooks, event, ctx.unit, ctx.base_url, services.profiles,
-                      services.destroyer, services.provenance)
+                      services.destroyer, services.provenance, services.trail)
     return replace(ctx, records=records, run=execute)
 
 
