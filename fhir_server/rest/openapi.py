@@ -84,6 +84,16 @@ def document(types: tuple[str, ...], version: str) -> dict:
     paths["/fhir/Patient/{id}/$copy"] = {"get": _op("the patient's copy (ZIP)", _path("id"))}
     paths["/fhir/Patient/{id}/$explain-access"] = {"get": _op("who may read or add, and why", _path("id") + _query(
         ("actor", "resource")))}
+    paths["/fhir/Patient/{id}/$access-history"] = {"get": _op("who accessed the record, when, what and why",
+                                                              _path("id") + _query(("_lang", "_count", "_cursor")))}
+    paths["/fhir/Patient/{id}/$destroy"] = {"post": _op("destroy a closed record (signed receipt)",
+                                                        _path("id") + _query(("reason",)))}
+    paths["/fhir/$export"] = {"get": _op("Bulk Data export (Prefer: respond-async)", _query(
+        ("_type", "_since", "_outputFormat")))}
+    paths["/fhir/Patient/$export"] = {"get": _op("Bulk Data export of every record the caller may search",
+                                                 _query(("_type", "_since", "_outputFormat")))}
+    paths["/fhir/Patient/{id}/$export"] = {"get": _op("Bulk Data export of one record", _path("id") + _query(
+        ("_type", "_since", "_outputFormat")))}
     paths["/fhir/AuditEvent/$verify"] = {"get": _op("check the audit trail's hash chains")}
     paths["/fhir/.well-known/smart-configuration"] = {"get": _op("SMART configuration")}
     paths["/auth/jwks"] = {"get": _op("the signing keys")}

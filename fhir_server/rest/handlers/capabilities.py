@@ -124,6 +124,10 @@ def capability_statement(transactions: bool = True, base_url: str = PUBLISHED_BA
                  "documentation": "Bulk Data v2 (Prefer: respond-async): Patient/$export (every record the caller "
                                   "may search) and Patient/{id}/$export (one record); _type, _since, _outputFormat "
                                   "ndjson; the same access rules as search"}] if rtype == "Patient" else [])
+            + ([{"name": "access-history", "definition": "urn:fhir-dmp:OperationDefinition/access-history",
+                 "documentation": "Who accessed the record, when, what and why, newest first, in French or English "
+                                  "(_lang, Accept-Language); break-glass, refused and failed attempts flagged; for "
+                                  "the patient and audit services"}] if rtype == "Patient" else [])
             + ([{"name": "copy", "definition": "urn:fhir-dmp:OperationDefinition/copy",
                  "documentation": "The patient's copy as one ZIP: the record as a FHIR Bundle, each attachment as "
                                   "a file, the access history, an index.html to read offline, SHA-256 of every "
