@@ -32,13 +32,18 @@ class BinaryStore:
         except NoFile:
             pass  # already gone (a rollback or a purge that ran before)
 
-    async def stream(self, file_id: object, session=None) -> AsyncIterator[bytes]:
-        grid_out = await self._bucket.open_download_stream(file_id, session=session)
-        try:
-            while True:
-                chunk = await grid_out.readchunk()
-                if not chunk:
-                    break
-                yield chunk
-        finally:
-            await grid_out.close()
+    def stream(self, file_id: object, session=None) -> AsyncIterator[bytes]:
+        return gridfs_chunks(self._bucket, file_id, session)
+
+
+async def gridfs_chunks(bucket: AsyncGridFSBucket, file_id: object, session=None) -> AsyncIterator[bytes]:
+    """A GridFS file's content, one stored chunk at a time (memory bounded by the chunk size)."""
+    grid_out = await bucket.open_download_stream(file_id, session=session)
+    try:
+        while True:
+            chunk = await grid_out.readchunk()
+            if not chunk:
+                break
+            yield chunk
+    finally:
+        await grid_out.close()

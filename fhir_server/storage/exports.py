@@ -30,6 +30,7 @@ from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from fhir_server.storage.binaries import gridfs_chunks
 from fhir_server.storage.documents import now_ms
 
 JOBS, PARTS, LEASES, BUCKET = "_bulk_jobs", "_bulk_parts", "_bulk_leases", "bulk_output"
@@ -187,16 +188,8 @@ class ExportStore:
             return False
         return True
 
-    async def stream_file(self, file_id: object) -> AsyncIterator[bytes]:
-        grid_out = await self.bucket.open_download_stream(file_id)
-        try:
-            while True:
-                chunk = await grid_out.readchunk()
-                if not chunk:
-                    break
-                yield chunk
-        finally:
-            await grid_out.close()
+    def stream_file(self, file_id: object) -> AsyncIterator[bytes]:
+        return gridfs_chunks(self.bucket, file_id)
 
     async def _delete_file(self, file_id: object) -> None:
         try:
