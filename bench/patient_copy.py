@@ -1,6 +1,7 @@
 """The patient's copy (`Patient/{id}/$copy`, issue 11 item 3) of a large record: time, and the
 server's peak memory while it builds and sends the ZIP, against the raw driver reading the same
-documents and GridFS contents.
+documents and GridFS contents. Also `Patient/{id}/$everything` of that record paged at 100: p50
+per page, against the raw driver reading the same pages (issue 11, performance).
 
 Dataset: one patient, `--documents` DocumentReferences (small inline text attachments) and
 `--big` of them pointing at Binaries of `--big-mb` MB each, stored in GridFS (default 40 x 5 MB =
@@ -88,6 +89,44 @@ def raw_driver(uri: str, database: str, pid: str) -> float:
     return time.perf_counter() - t
 
 
+def everything_pages(c: httpx.Client, uri: str, database: str, pid: str) -> dict:
+    """Walk `$everything` at `_count=100` (three times, after one warm-up walk) and the same pages
+    through PyMongo (each compartment type by `_id`, 100 at a time)."""
+    import statistics
+
+    def walk() -> list[float]:
+        times, url, params = [], f"/Patient/{pid}/$everything", {"_count": "100"}
+        while url:
+            t = time.perf_counter()
+            r = c.get(url, params=params)
+            times.append(time.perf_counter() - t)
+            assert r.status_code == 200, r.text[:300]
+            nxt = [link["url"] for link in r.json()["link"] if link["relation"] == "next"]
+            url, params = (nxt[0], None) if nxt else (None, None)
+        return times
+
+    walk()
+    server = [t for _ in range(3) for t in walk()]
+    driver = []
+    with MongoClient(uri) as client:
+        db = client[database]
+        for _ in range(3):
+            for rtype, flt in (("Patient", {"_id": pid}), ("DocumentReference", {"r_subject": f"Patient/{pid}"}),
+                               ("Binary", {"r_securitycontext": f"Patient/{pid}"})):
+                last = None
+                while True:
+                    t = time.perf_counter()
+                    page = list(db[rtype].find({**flt, **({"_id": {"$gt": last}} if last else {})},
+                                               projection={"_json": 1}, sort=[("_id", 1)], limit=100))
+                    driver.append(time.perf_counter() - t)
+                    if len(page) < 100:
+                        break
+                    last = page[-1]["_id"]
+    return {"pages_per_walk": len(server) // 3, "p50_page_ms": round(statistics.median(server) * 1000, 1),
+            "raw_driver_p50_page_ms": round(statistics.median(driver) * 1000, 1),
+            "ratio": round(statistics.median(server) / statistics.median(driver), 2)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--documents", type=int, default=2000)
@@ -107,6 +146,7 @@ def main() -> int:
             t = time.perf_counter()
             pid, _ = load(c, args.documents, args.big, args.big_mb)
             result["load_seconds"] = round(time.perf_counter() - t, 1)
+            result["everything"] = everything_pages(c, uri, database, pid)
             proc = server.process.pid
             result["rss_before_mb"] = round(rss_kb(proc, "VmRSS") / 1024, 1)
             Path(f"/proc/{proc}/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
