@@ -344,3 +344,49 @@ def test_a_write_interrupted_after_its_history_version_gets_its_provenance_when_
             assert [p["target"][0]["reference"] for p in provs] == [f"Organization/{rid}/_history/{v}" for v in (1, 2)]
     finally:
         stop_server(server)
+
+
+def test_a_masked_documents_provenances_are_masked_with_it(w):
+    """A Provenance tells who wrote what, and when: masking a document masks its Provenances (the
+    earlier ones included, and those of its attached content); the patient, its author and the
+    patient's GP still see them, another authorized professional does not, not even by id or
+    through a patient search; unmasking shows them again."""
+    from tests.dmp import authorization
+
+    pid, token = w.fresh_patient(gp=w.pr("gp"))
+    w.tokens[f"p-{pid}"] = token
+    with w.client("operator") as op:
+        for who in ("auth", "gp", "author"):
+            assert op.post("/Consent", json=authorization(pid, [w.pr(who)]), headers=FHIR).status_code == 201
+    with w.client("author") as c:
+        pdf = c.post("/Binary", json={"resourceType": "Binary", "contentType": "application/pdf", "data": "JVBERi0=",
+                                      "securityContext": {"reference": f"Patient/{pid}"}}, headers=FHIR).json()["id"]
+        doc = c.post("/DocumentReference", json=document(pid, author=w.pr("author"), content=[
+            {"attachment": {"contentType": "application/pdf", "url": f"Binary/{pdf}"}}]), headers=FHIR).json()
+        assert len(_provenances(c, f"DocumentReference/{doc['id']}")) == 1
+    with w.client("auth") as c:
+        assert len(_provenances(c, f"DocumentReference/{doc['id']}")) == 1  # not masked yet: seen
+    masked = {**doc, "meta": {"security": [{"system": "urn:fhir-dmp:security", "code": "masked"}]}}
+    with w.client(f"p-{pid}") as c:
+        assert c.put(f"/DocumentReference/{doc['id']}", json=masked, headers=FHIR).status_code == 200
+        mine = _provenances(c, f"DocumentReference/{doc['id']}")
+        assert len(mine) == 2  # the patient sees both, each labelled
+        assert all({"system": "urn:fhir-dmp:security", "code": "masked"} in p["meta"]["security"] for p in mine)
+        assert _provenances(c, f"Binary/{pdf}")
+    with w.client("auth") as c:
+        assert _provenances(c, f"DocumentReference/{doc['id']}") == []
+        assert _provenances(c, f"Binary/{pdf}") == []
+        assert c.get(f"/Provenance/{mine[0]['id']}").status_code == 404
+        r = c.get("/Provenance", params={"patient": pid, "_count": "100"})
+        assert doc["id"] not in r.text and pdf not in r.text
+    with w.client("gp") as c:  # the GP sees the patient's masked documents, and so their Provenances
+        assert len(_provenances(c, f"DocumentReference/{doc['id']}")) == 2
+    with w.client("author") as c:  # the author, the Provenances of their own writes
+        [own] = _provenances(c, f"DocumentReference/{doc['id']}")
+        assert own["agent"][0]["who"]["reference"] == w.pr("author")
+    with w.client(f"p-{pid}") as c:  # unmasked: seen again
+        current = c.get(f"/DocumentReference/{doc['id']}").json()
+        plain = {k: v for k, v in current.items() if k != "meta"}
+        assert c.put(f"/DocumentReference/{doc['id']}", json=plain, headers=FHIR).status_code == 200
+    with w.client("auth") as c:
+        assert len(_provenances(c, f"DocumentReference/{doc['id']}")) == 3

@@ -49,7 +49,9 @@ MASKED_TOKEN = f"{dmp.SECURITY_SYSTEM}|{dmp.MASKED}"
 HIDDEN_TOKEN = f"{dmp.SECURITY_SYSTEM}|{dmp.HIDDEN_FROM_PATIENT}"
 SECURITY_FIELD = field_name(TOKEN, "_security")
 RECORD_TYPES = frozenset(ABOUT_PARAMS) | {"Patient"}  # types whose resources belong to a patient's record
-LABELLED_TYPES = ("DocumentReference", "Binary")
+# types whose visibility follows the DMP labels (a Provenance carries its target's: a masked
+# document's Provenance would otherwise tell who wrote what, and when)
+LABELLED_TYPES = ("DocumentReference", "Binary", "Provenance")
 ADMIN_TYPES = ("Patient", "Consent")
 MAX_PATIENTS = 20000  # records one professional's cross-patient search may reach
 
@@ -72,6 +74,10 @@ def _in(fieldname: str, values: list[str]) -> dict:
 
 
 def _authors(doc: dict) -> set[str]:
+    """Who wrote a document; for a Provenance, the agents of the write it describes."""
+    if doc.get("resourceType") == "Provenance":
+        return {ref for a in doc.get("agent") or () for ref in [dmp.ref_of(a.get("who") if isinstance(a, dict) else None)]
+                if ref}
     return {ref for a in doc.get("author") or () for ref in [dmp.ref_of(a)] if ref}
 
 
@@ -331,6 +337,8 @@ class ConsentPolicy(Policy):
         visible = [{SECURITY_FIELD: {"$ne": MASKED_TOKEN}}]
         if rtype == "DocumentReference" and state.ids:
             visible.append(_in(field_name(REFERENCE, "author"), sorted(state.ids)))
+        if rtype == "Provenance" and state.ids:
+            visible.append(_in(field_name(REFERENCE, "agent"), sorted(state.ids)))
         if rtype == "Binary" and state.authored_content:
             visible.append(_in("_id", sorted(state.authored_content)))
         if gp_of:

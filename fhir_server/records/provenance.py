@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from datetime import datetime
 
 from fhir_server.auth.principal import Principal
+from fhir_server.fhir import dmp
 from fhir_server.fhir.outcome import FhirError
 from fhir_server.records.audit import CLIENT_SYSTEM, USER_SYSTEM
 from fhir_server.storage.documents import OP_CREATE, OP_DELETE, OP_UPDATE, fhir_instant
@@ -150,9 +152,11 @@ class ProvenanceRecorder:
         self.enabled = enabled  # False only for the benchmark (FHIR_PROVENANCE=false)
 
     def for_write(self, principal: Principal, rtype: str, rid: str, patients: set[str],
-                  supplied: dict | None = None) -> ProvenanceOf | None:
+                  supplied: dict | None = None, labels: AbstractSet[str] = frozenset()) -> ProvenanceOf | None:
         """The builder the repository calls with the version it writes; raises 400 first when the
-        client's own Provenance does not describe this write by this caller."""
+        client's own Provenance does not describe this write by this caller. `labels`: the DMP
+        visibility labels of what was written (masked, hidden from the patient), which the
+        Provenance carries so that it is seen by no one who may not see its target."""
         if rtype in NOT_RECORDED:
             if supplied is not None:
                 raise FhirError(400, "not-supported", f"X-Provenance does not apply to writes of {rtype}")
@@ -175,6 +179,8 @@ class ProvenanceRecorder:
         def build(version: int, op: str, recorded: datetime) -> dict:
             code, display = ACTIVITY[op]
             out: dict = {"resourceType": "Provenance"}
+            if labels:
+                out["meta"] = {"security": security_labels(labels)}
             if extensions:
                 out["extension"] = extensions
             out["target"] = [{"reference": f"{rtype}/{rid}/_history/{version}"}]
@@ -184,3 +190,7 @@ class ProvenanceRecorder:
             return out
 
         return build
+
+
+def security_labels(labels: AbstractSet[str]) -> list[dict]:
+    return [{"system": dmp.SECURITY_SYSTEM, "code": code} for code in sorted(labels)]

@@ -15,6 +15,7 @@ import contextlib
 import heapq
 import uuid
 from collections.abc import AsyncIterator, Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -31,6 +32,7 @@ from fhir_server.records.destruction import Destroyer, requester
 from fhir_server.records.hooks import Event, Hooks
 from fhir_server.records.provenance import ProvenanceOf, ProvenanceRecorder
 from fhir_server.records.search import SearchPage
+from fhir_server.search.registry import REFERENCE, field_name
 from fhir_server.storage.documents import Version, history_id, now_ms
 from fhir_server.storage.repository import MAX_WRITE_ATTEMPTS, Repository, Unit
 
@@ -325,7 +327,8 @@ class Records:
         record the version written (or, for a deletion, the one deleted) belongs to; 400 first when
         the client's own Provenance (`supplied`, X-Provenance) does not describe this write."""
         patients = about_patients(rtype, about) if about is not None else set()
-        return self.recorder.for_write(self.event.principal, rtype, rid, patients, supplied)
+        labels = dmp.labels(about) & FOLLOWING if about is not None else set()
+        return self.recorder.for_write(self.event.principal, rtype, rid, patients, supplied, labels)
 
     async def _visible_before(self, perm: str, rtype: str, rid: str) -> Version | None:
         """The current version a write replaces; 404 when the caller may not see it."""
@@ -417,6 +420,7 @@ class Records:
         if wanted == old:
             return
         patients = about_patients(rtype, after)
+        followers = [f"{rtype}/{after.get('id')}"]
         for bid in _attached_binaries(after, self.base_url):
             current = await self.repo.read("Binary", bid, unit=self.unit_)
             if current is None or current.json is None:
@@ -424,23 +428,15 @@ class Records:
             binary = orjson.loads(current.json)
             if about_patients("Binary", binary) != patients or dmp.labels(binary) & FOLLOWING == wanted:
                 continue
-            meta = dict(binary.get("meta") or {})
-            security = [c for c in meta.get("security") or () if not (
-                isinstance(c, dict) and c.get("system") == dmp.SECURITY_SYSTEM and c.get("code") in FOLLOWING)]
-            security += [{"system": dmp.SECURITY_SYSTEM, "code": code} for code in sorted(wanted)]
-            meta.pop("versionId", None)
-            meta.pop("lastUpdated", None)
-            if security:
-                meta["security"] = security
-            else:
-                meta.pop("security", None)
-            binary = {k: v for k, v in binary.items() if k != "meta"}
-            if meta:
-                binary["meta"] = meta
+            binary = _with_labels(binary, wanted, keep_stamp=False)
             v, _ = await self.repo.update("Binary", bid, binary, if_match=current.version, unit=self.unit_,
                                           keep_content=current,
                                           provenance=self._provenance("Binary", bid, binary, None))
             await self.hooks.written(self.event, current, v)
+            followers.append(f"Binary/{bid}")
+        # the Provenances of their earlier versions too: they tell who wrote what, and when
+        await self.repo.relabel_appended("Provenance", {field_name(REFERENCE, "target"): {"$in": followers}},
+                                         lambda r: _with_labels(r, wanted, keep_stamp=True), unit=self.unit_)
 
     async def delete(self, rtype: str, rid: str, *, if_match: int | None = None,
                      provenance: dict | None = None) -> Version | None:
@@ -530,6 +526,26 @@ class Records:
 
 
 FOLLOWING = frozenset({dmp.MASKED, dmp.HIDDEN_FROM_PATIENT})
+
+
+def _with_labels(resource: dict, wanted: AbstractSet[str], *, keep_stamp: bool) -> dict:
+    """`resource` with the DMP visibility labels `wanted` (others kept); without its version stamp
+    unless `keep_stamp` (a write-once record rewritten in place keeps it)."""
+    meta = dict(resource.get("meta") or {})
+    security = [c for c in meta.get("security") or () if not (
+        isinstance(c, dict) and c.get("system") == dmp.SECURITY_SYSTEM and c.get("code") in FOLLOWING)]
+    security += [{"system": dmp.SECURITY_SYSTEM, "code": code} for code in sorted(wanted)]
+    if not keep_stamp:
+        meta.pop("versionId", None)
+        meta.pop("lastUpdated", None)
+    if security:
+        meta["security"] = security
+    else:
+        meta.pop("security", None)
+    out = {k: v for k, v in resource.items() if k != "meta"}
+    if meta:
+        out["meta"] = meta
+    return out
 
 
 def _attached_binaries(doc: dict, base_url: str) -> list[str]:

@@ -297,6 +297,30 @@ class Repository:
         stamped.update((k, v) for k, v in resource.items() if k not in stamped)
         return orjson.dumps(stamped)
 
+    async def relabel_appended(self, rtype: str, flt: dict, relabel, unit: Unit | None = None) -> int:
+        """Rewrite the labels of write-once records the server made (a document's Provenances when
+        the patient masks it): `relabel` takes a resource and returns it with its new
+        `meta.security`; the stored JSON and the search index fields follow. Returns how many
+        changed. Only for write-once types: their one version has no history to keep in step."""
+        assert rtype in APPEND_ONLY, rtype
+        coll = self._current[rtype]
+        changed = 0
+        async for d in coll.find(flatten(flt), projection={F_ID: 1, F_JSON: 1, F_VERSION: 1}, session=_s(unit)):
+            old = orjson.loads(d[F_JSON])
+            new = relabel(old)
+            if new == old:
+                continue
+            meta = old.get("meta") or {}
+            body = self.stamped_json(rtype, new, int(d.get(F_VERSION) or 1), meta.get("lastUpdated") or "")
+            before, after = self._index_fields(old), self._index_fields(new)
+            update: dict = {"$set": {F_JSON: body, **after}}
+            gone = [k for k in before if k not in after]
+            if gone:
+                update["$unset"] = {k: "" for k in gone}
+            await coll.update_one({F_ID: d[F_ID]}, update, session=_s(unit))
+            changed += 1
+        return changed
+
     async def append(self, rtype: str, records: list[tuple[dict, dict]]) -> None:
         """Insert write-once records (the audit trail) with one `insert_many`: version 1, no
         history entry, the search index fields of the resource. `records` are (resource, fields),
