@@ -108,16 +108,23 @@ def everything_pages(c: httpx.Client, uri: str, database: str, pid: str) -> dict
     walk()
     server = [t for _ in range(3) for t in walk()]
     driver = []
+    from fhir_server.access.compartment import in_compartment_types
+    from fhir_server.access.filters import patient_compartment_filter
+    from fhir_server.storage.repository import flatten
+
+    types = ["Patient", *sorted(t for t in in_compartment_types() if t != "Patient")]
     with MongoClient(uri) as client:
         db = client[database]
-        for _ in range(3):
-            for rtype, flt in (("Patient", {"_id": pid}), ("DocumentReference", {"r_subject": f"Patient/{pid}"}),
-                               ("Binary", {"r_securitycontext": f"Patient/{pid}"})):
+        for _ in range(3):  # the same compartment, type by type, pages of 100 by _id
+            for rtype in types:
+                flt = patient_compartment_filter(rtype, pid)
+                if not flt or rtype not in db.list_collection_names():
+                    continue
                 last = None
                 while True:
                     t = time.perf_counter()
-                    page = list(db[rtype].find({**flt, **({"_id": {"$gt": last}} if last else {})},
-                                               projection={"_json": 1}, sort=[("_id", 1)], limit=100))
+                    query = flatten({"$and": [flt, {"_id": {"$gt": last}}]} if last else flt)
+                    page = list(db[rtype].find(query, projection={"_json": 1}, sort=[("_id", 1)], limit=100))
                     driver.append(time.perf_counter() - t)
                     if len(page) < 100:
                         break

@@ -65,7 +65,6 @@ class _Seen:
     """What one interaction touched."""
 
     event: Event
-    disclosed: list[Version] = field(default_factory=list)
     written: list[Version] = field(default_factory=list)
     concerned: set[str] = field(default_factory=set)  # patients of what was refused
     refs: list[tuple[str | None, str]] = field(default_factory=list)  # (patient, Type/id/_history/v)
@@ -145,6 +144,7 @@ def _patients_of(v: Version) -> set[str]:
 
 
 PATIENT_PARAMS = ("patient", "subject", "beneficiary")
+MAX_ENTITIES = 500  # resources named in one AuditEvent (a larger disclosure is split over several)
 BODY_LOOKED_AT = 1 << 20  # a failed write's body larger than this is not parsed again to name its record
 
 
@@ -188,7 +188,7 @@ def build_events(seen: _Seen, status: int, error: FhirError | None, source: str)
     ix = ev.interaction
     recorded = fhir_instant(now_ms())
     by_patient: dict[str | None, list[str]] = {}
-    for v in [*seen.written, *seen.disclosed]:
+    for v in seen.written:
         pids: set[str | None] = set(_patients_of(v)) or {None}
         for pid in pids:
             by_patient.setdefault(pid, []).append(f"{v.type}/{v.id}/_history/{v.version}")
@@ -259,7 +259,12 @@ def build_events(seen: _Seen, status: int, error: FhirError | None, source: str)
             entities.append({"what": {"reference": f"{ix.type}/{ix.id}"},
                              "type": _coding(ENTITY_TYPE, "2", "System Object"),
                              "role": _coding(OBJECT_ROLE, "4", "Domain Resource")})
-        out.append({**base, "id": str(uuid.uuid4()), "entity": entities + common})
+        # a patient's event names at most MAX_ENTITIES resources; more (a copy or an export of a large
+        # record) are named in further events of the same request, so none is left out and no
+        # AuditEvent approaches the engine's 16 MB document limit
+        head, rest = entities[:1] if pid is not None else [], entities[1:] if pid is not None else entities
+        for start in range(0, max(len(rest), 1), MAX_ENTITIES):
+            out.append({**base, "id": str(uuid.uuid4()), "entity": head + rest[start:start + MAX_ENTITIES] + common})
     return out
 
 
@@ -301,9 +306,14 @@ class AuditHook(Hook):
         return req.stack[-1]  # a conditional interaction re-run on the matched id: the same interaction
 
     async def disclosed(self, event: Event, versions: Sequence[Version]) -> None:
+        """Kept as (patient, versioned reference) pairs, not versions: a long operation ($copy,
+        $everything of a large record) must not hold every resource it sent until it ends."""
         seen = self._current(event)
         if seen is not None:
-            seen.disclosed.extend(versions)
+            for v in versions:
+                ref = f"{v.type}/{v.id}/_history/{v.version}"
+                patients: set[str | None] = set(_patients_of(v)) or {None}
+                seen.refs.extend((pid, ref) for pid in patients)
 
     async def disclosed_refs(self, event: Event, refs: Sequence[tuple[str | None, str]]) -> None:
         seen = self._current(event)
