@@ -61,6 +61,17 @@ def record(w):
     return pid, token, ids
 
 
+def _provenances_of(w, pid: str) -> dict[str, set[str]]:
+    """Type/id -> the Provenances of its versions (for the operator, who sees them all)."""
+    out: dict[str, set[str]] = {}
+    with w.client("operator") as op:
+        bundle = op.get("/Provenance", params={"patient": pid, "_count": "1000"}).json()
+    for e in bundle.get("entry", []):
+        for t in e["resource"]["target"]:
+            out.setdefault(t["reference"].split("/_history/")[0], set()).add(f"Provenance/{e['resource']['id']}")
+    return out
+
+
 def _oracle(w, pid: str) -> set[str]:
     ref, out = f"Patient/{pid}", set()
     with w.client("operator") as op:
@@ -97,12 +108,15 @@ def test_everything_is_the_compartment_minus_what_the_caller_may_not_see(w, reco
     pid, token, ids = record
     oracle = _oracle(w, pid)
     assert {f"DocumentReference/{ids[k]}" for k in ("plain", "masked", "hidden")} <= oracle
+    about = _provenances_of(w, pid)  # a Provenance is seen by those who see what it describes
+    hidden = {f"DocumentReference/{ids['hidden']}"} | about[f"DocumentReference/{ids['hidden']}"]
+    masked = {f"DocumentReference/{ids['masked']}"} | about[f"DocumentReference/{ids['masked']}"]
     mine, inc, pages = _walk(w, token, pid, _count=2)
     assert len(mine) == len(set(mine)) and pages >= len(mine) // 2  # stable pages, nothing twice
-    assert set(mine) == oracle - {f"DocumentReference/{ids['hidden']}"}  # hidden from her until announced
+    assert set(mine) == oracle - hidden  # hidden from her until announced
     assert w.pr("gp") in inc  # the resources it references come along
     theirs, _, _ = _walk(w, "auth", pid, _count=3)
-    assert set(theirs) == oracle - {f"DocumentReference/{ids['masked']}"}  # masked: not their document
+    assert set(theirs) == oracle - masked  # masked: not their document, nor who wrote it
     gp, _, _ = _walk(w, "gp", pid)
     assert set(gp) == oracle  # the general practitioner sees masked documents too
     with w.client("none") as c:  # no authorization: not even the Patient

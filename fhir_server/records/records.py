@@ -265,11 +265,20 @@ class Records:
         return await search.includes(self, query, page)
 
     async def everything(self, patient: str, types: tuple[str, ...], *, since: datetime | None, count: int,
-                         after: tuple[int, str] | None) -> tuple[list[Version], tuple[int, str] | None]:
+                         after: tuple[int, str] | None, docs: dict | None = None
+                         ) -> tuple[list[Version], tuple[int, str] | None]:
         """A page of the patient's compartment (`Patient/{id}/$everything`); the caller must see the
-        Patient itself (404 otherwise)."""
+        Patient itself (404 otherwise). `docs`, when given, receives the page's stored documents
+        (for its includes, which then need not read them again)."""
         await self.read("Patient", patient)
-        return await search.everything(self, patient, types, since, count, after)
+        return await search.everything(self, patient, types, since, count, after, docs)
+
+    @property
+    def referenced_types(self) -> tuple[str, ...]:
+        """The stored types outside any patient's compartment that a record refers to (the
+        professionals, their roles and organizations): what `$everything` brings along."""
+        inside = set(self.compartment_types)
+        return tuple(t for t in self.repo.types if t not in inside)
 
     # --- bulk export (records/export.py) ------------------------------------------------------------
 

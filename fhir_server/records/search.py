@@ -240,7 +240,8 @@ def _forward_targets(inc: Include, frontier_docs) -> dict[str, list[str]]:
 
 
 async def everything(records: Records, patient: str, types: tuple[str, ...], since, count: int,
-                     after: tuple[int, str] | None) -> tuple[list[Version], tuple[int, str] | None]:
+                     after: tuple[int, str] | None, docs: dict | None = None
+                     ) -> tuple[list[Version], tuple[int, str] | None]:
     """One page of `Patient/{id}/$everything`: the resources of the patient's compartment, type by
     type (in `types` order) and by id within a type, each type under its own access filter (as a
     compartment search would be: consent, scopes); `after` = (type index, last id) of the previous
@@ -263,7 +264,7 @@ async def everything(records: Records, patient: str, types: tuple[str, ...], sin
         if index == start_type and last_id is not None:
             flt = restrict(flt, {F_ID: {"$gt": last_id}})
         want = count - len(out)
-        page = await records.repo.find_page(rtype, flt, [(F_ID, 1)], want + 1, unit=records.unit_)
+        page = await records.repo.find_page(rtype, flt, [(F_ID, 1)], want + 1, docs=docs, unit=records.unit_)
         found = [v for v, _ in page[:want] if await records.access.may_read("s", v.type, v.json)]
         out += found
         if len(page) > want:

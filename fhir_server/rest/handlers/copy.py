@@ -22,10 +22,11 @@ from fhir_server.fhir.outcome import FhirError
 from fhir_server.records.search import SearchPage
 from fhir_server.rest.archive import Archive, extension_for, index_html, safe_name
 from fhir_server.rest.context import RequestContext
+from fhir_server.rest.handlers.everything import referenced
 from fhir_server.rest.interaction import Interaction
 from fhir_server.rest.result import Result
 from fhir_server.search import mongo
-from fhir_server.search.parse import Include, SearchQuery, parse
+from fhir_server.search.parse import parse
 from fhir_server.storage.documents import Version
 
 PAGE = 200
@@ -75,11 +76,12 @@ async def _record_bundle(ctx: RequestContext, pid: str, seen: _Seen) -> AsyncIte
     """The compartment and what it references as one `collection` Bundle, page by page."""
     yield b'{"resourceType":"Bundle","type":"collection","entry":['
     first, position, done = True, None, set()
-    query = SearchQuery("Patient", include=[Include("*", "*")])
+    query = referenced(ctx)
     while True:
+        docs: dict = {}
         matches, position = await ctx.data.everything(pid, ctx.data.compartment_types, since=None, count=PAGE,
-                                                      after=position)
-        included, _ = await ctx.data.includes(query, SearchPage(matches, None, None))
+                                                      after=position, docs=docs)
+        included, _ = await ctx.data.includes(query, SearchPage(matches, None, None, docs))
         parts = []
         for v in [*matches, *included]:
             key = f"{v.type}/{v.id}"

@@ -24,6 +24,12 @@ from fhir_server.rest.result import Result
 from fhir_server.search.parse import Include, SearchQuery
 
 
+def referenced(ctx: RequestContext) -> SearchQuery:
+    """`_include` of what the compartment refers to outside itself (practitioners, organizations):
+    what is inside comes as a match anyway, so it is not looked up twice."""
+    return SearchQuery("Patient", include=[Include("*", "*", t) for t in ctx.data.referenced_types])
+
+
 async def everything(ctx: RequestContext, ix: Interaction) -> Result:
     if ix.type != "Patient" or ix.id is None:
         raise FhirError(400, "not-supported", "$everything is an operation on one Patient: Patient/{id}/$everything")
@@ -47,9 +53,10 @@ async def everything(ctx: RequestContext, ix: Interaction) -> Result:
         if len(state) != 2 or not isinstance(state[0], int) or not isinstance(state[1], str):
             raise FhirError(400, "value", "the paging cursor is invalid or expired", ["_cursor"])
         after = (state[0], state[1])
-    matches, position = await ctx.data.everything(ix.id, types, since=since, count=count, after=after)
-    query = SearchQuery("Patient", include=[Include("*", "*")])
-    included, _ = await ctx.data.includes(query, SearchPage(matches, None, None))
+    docs: dict = {}
+    matches, position = await ctx.data.everything(ix.id, types, since=since, count=count, after=after, docs=docs)
+    query = referenced(ctx)
+    included, _ = await ctx.data.includes(query, SearchPage(matches, None, None, docs))
     entries = [await entry(ctx, v, "match", query) for v in matches]
     entries += [await entry(ctx, v, "include", query) for v in included]
     params = [f"_count={count}"]
