@@ -102,7 +102,8 @@ def run(probes: int, flood: int, connections: int, kinds: list[str]) -> dict:
                                 "FHIR_CLIENT_MAX_FAILURES": "100000"})
     try:
         key = rsa_key()
-        add_client(server, "bench", "confidential-asymmetric", "system/*.cruds", redirect_uris=(), jwks=public_jwks(key))
+        add_client(server, "bench", "confidential-asymmetric", "system/*.cruds", redirect_uris=(), jwks=public_jwks(key),
+                   operator=True)  # an operator service: its reads are not bound by patient consent
         token = backend_token(server, "bench", key, "system/*.cruds")["access_token"]
         ro = rsa_key()
         add_client(server, "ro", "confidential-asymmetric", "system/*.rs", redirect_uris=(), jwks=public_jwks(ro))
