@@ -31,12 +31,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import closed_loop, use_uvloop  # noqa: E402
-from consent import DOCS_PER_PATIENT, DR, TYPES, _request, load  # noqa: E402
+from consent import DOCS_PER_PATIENT, TYPES, _request, load, start_pair, summarize  # noqa: E402
 from httpclient import Client  # noqa: E402
 
 from fhir_server.engine.embedded import EmbeddedEngine  # noqa: E402
-from tests.auth_helpers import add_client, add_user, user_token  # noqa: E402
-from tests.conftest import FERRETDB_BIN, start_server, stop_server  # noqa: E402
+from tests.conftest import FERRETDB_BIN, stop_server  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -95,15 +94,7 @@ async def measure(ports: dict, token: str, authorized: int, rounds: int, seconds
                     summary["server_cpu_ms"] = (tree_cpu(pids[mode]) - before[0]) * 1000 / cell.requests
                     summary["engine_cpu_ms"] = (tree_cpu(engine_pids) - before[1]) * 1000 / cell.requests
                 per[mode].append(summary)
-        out[kind] = {}
-        for mode, cells in per.items():
-            rps = sorted(c["throughput"] for c in cells)
-            out[kind][mode] = {"throughput_median": rps[len(rps) // 2], "throughput_all": rps,
-                               "p50_ms_median": sorted(c["p50_ms"] for c in cells)[len(cells) // 2],
-                               "errors": sum(c["errors"] for c in cells),
-                               **{k: round(sorted(c[k] for c in cells)[len(cells) // 2], 2)
-                                  for k in ("server_cpu_ms", "engine_cpu_ms") if all(k in c for c in cells)},
-                               "error_samples": [x for c in cells for x in c["error_samples"]][:2]}
+        out[kind] = {mode: summarize(cells) for mode, cells in per.items()}
         base = out[kind]["unaudited"]["throughput_median"]
         out[kind]["ratio"] = round(out[kind]["audited"]["throughput_median"] / base, 3) if base else None
     for cs in conns.values():
@@ -128,18 +119,7 @@ def main() -> int:
     servers = {}
     try:
         loaded = load(uri, database, args.patients, args.authorized)
-        env = {"FHIR_INSECURE_DEV_MODE": "false", "FHIR_DATABASE": database}
-        servers["audited"] = start_server(uri, env)
-        main_server = servers["audited"]
-        main_server.database = database
-        add_client(main_server, "app", "public", "openid fhirUser user/*.rs")
-        add_user(main_server, "dr.bench", "practitioner", DR, rpps="10000000009")
-        token = user_token(main_server, "app", "dr.bench", "openid fhirUser user/*.rs")["access_token"]
-        # started second, it finds the signing keys the first one created in the database
-        # with the first one's base URL as its issuer, so the one token is valid on both
-        servers["unaudited"] = start_server(uri, {**env, "FHIR_AUDIT": "false",
-                                                  "FHIR_PUBLIC_BASE_URL": main_server.fhir_base})
-        servers["unaudited"].database = database
+        servers, token = start_pair(uri, database, "audited", "unaudited", {"FHIR_AUDIT": "false"}, "user/*.rs")
         ports = {m: int(s.base.rsplit(":", 1)[1]) for m, s in servers.items()}
         pids = {m: [s.process.pid] for m, s in servers.items()}
         engine_pids = [engine.ferret.process.pid] if engine.ferret and engine.ferret.process else []

@@ -104,6 +104,34 @@ def load(uri: str, database: str, patients: int, authorized: int) -> dict:
     return {"seconds": round(time.perf_counter() - t0, 1), **{k: len(v) for k, v in by_kind.items()}}
 
 
+def start_pair(uri: str, database: str, on: str, off: str, off_env: dict, scopes: str) -> tuple[dict, str]:
+    """Two servers on the same data, one with a feature (`on`) and one without (`off`, its
+    benchmark-only setting in `off_env`), and the benchmark professional's token valid on both:
+    the second server finds the signing keys the first created, with the first's issuer."""
+    env = {"FHIR_INSECURE_DEV_MODE": "false", "FHIR_DATABASE": database}
+    servers = {on: start_server(uri, env)}
+    first = servers[on]
+    first.database = database
+    add_client(first, "app", "public", f"openid fhirUser {scopes}")
+    add_user(first, "dr.bench", "practitioner", DR, rpps="10000000009")
+    token = user_token(first, "app", "dr.bench", f"openid fhirUser {scopes}")["access_token"]
+    servers[off] = start_server(uri, {**env, **off_env, "FHIR_PUBLIC_BASE_URL": first.fhir_base})
+    servers[off].database = database
+    return servers, token
+
+
+def summarize(cells: list[dict]) -> dict:
+    """Medians of a mode's cells (closed_loop summaries), with every cell's throughput."""
+    rps = sorted(c["throughput"] for c in cells)
+    out = {"throughput_median": rps[len(rps) // 2], "throughput_all": rps,
+           "p50_ms_median": sorted(c["p50_ms"] for c in cells)[len(cells) // 2],
+           "errors": sum(c["errors"] for c in cells),
+           "error_samples": [x for c in cells for x in c["error_samples"]][:2]}
+    out.update({k: round(sorted(c[k] for c in cells)[len(cells) // 2], 2)
+                for k in ("server_cpu_ms", "engine_cpu_ms") if all(k in c for c in cells)})
+    return out
+
+
 def _request(path: str, token: str, port: int) -> bytes:
     return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: application/fhir+json\r\n"
             f"Authorization: Bearer {token}\r\n\r\n").encode()

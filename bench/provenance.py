@@ -33,12 +33,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import closed_loop, use_uvloop  # noqa: E402
-from consent import DR, TYPES, load  # noqa: E402
+from consent import DR, TYPES, load, start_pair, summarize  # noqa: E402
 from httpclient import Client  # noqa: E402
 
 from fhir_server.engine.embedded import EmbeddedEngine  # noqa: E402
-from tests.auth_helpers import add_client, add_user, user_token  # noqa: E402
-from tests.conftest import FERRETDB_BIN, start_server, stop_server  # noqa: E402
+from tests.conftest import FERRETDB_BIN, stop_server  # noqa: E402
 from tests.dmp import document  # noqa: E402
 
 MODES = ("provenance", "no-provenance")
@@ -72,13 +71,7 @@ async def measure(ports: dict, token: str, authorized: int, rounds: int, seconds
         for mode in (list(ports) if r % 2 == 0 else list(reversed(ports))):
             cell = await closed_loop(clients, op_for(mode), duration=seconds, max_requests=10**7)
             per[mode].append(cell.summary())
-    out: dict = {}
-    for mode, cells in per.items():
-        rps = sorted(c["throughput"] for c in cells)
-        out[mode] = {"throughput_median": rps[len(rps) // 2], "throughput_all": rps,
-                     "p50_ms_median": sorted(c["p50_ms"] for c in cells)[len(cells) // 2],
-                     "errors": sum(c["errors"] for c in cells),
-                     "error_samples": [x for c in cells for x in c["error_samples"]][:2]}
+    out: dict = {mode: summarize(cells) for mode, cells in per.items()}
     base = out["no-provenance"]["throughput_median"]
     out["ratio"] = round(out["provenance"]["throughput_median"] / base, 3) if base else None
     for cs in conns.values():
@@ -103,18 +96,8 @@ def main() -> int:
     servers = {}
     try:
         loaded = load(uri, database, args.patients, args.authorized)
-        env = {"FHIR_INSECURE_DEV_MODE": "false", "FHIR_DATABASE": database}
-        servers["provenance"] = start_server(uri, env)
-        main_server = servers["provenance"]
-        main_server.database = database
-        add_client(main_server, "app", "public", "openid fhirUser user/*.cruds")
-        add_user(main_server, "dr.bench", "practitioner", DR, rpps="10000000009")
-        token = user_token(main_server, "app", "dr.bench", "openid fhirUser user/*.cruds")["access_token"]
-        # started second, it finds the signing keys the first one created in the database
-        # with the first one's base URL as its issuer, so the one token is valid on both
-        servers["no-provenance"] = start_server(uri, {**env, "FHIR_PROVENANCE": "false",
-                                                      "FHIR_PUBLIC_BASE_URL": main_server.fhir_base})
-        servers["no-provenance"].database = database
+        servers, token = start_pair(uri, database, "provenance", "no-provenance", {"FHIR_PROVENANCE": "false"},
+                                    "user/*.cruds")
         ports = {m: int(servers[m].base.rsplit(":", 1)[1]) for m in MODES}
         result = asyncio.run(measure(ports, token, args.authorized, args.rounds, args.seconds, args.clients))
         with MongoClient(uri) as c:
