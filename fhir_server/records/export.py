@@ -27,7 +27,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -172,8 +172,11 @@ class ExportRunner:
     deletes the output of expired jobs."""
 
     def __init__(self, repo: Repository, decision: AccessDecisionPoint, settings: Settings,
-                 profiles: Profiles | None = None) -> None:
+                 profiles: Profiles | None = None, records: Callable[..., Any] | None = None) -> None:
+        """`records`: the data handle's class (records/records.py `Records`), handed in by whoever
+        builds the runner, so that this module, which `Records` uses, need not import it back."""
         self.repo = repo
+        self.records = records
         self.store: ExportStore = repo.exports
         self.decision = decision
         self.settings = settings
@@ -205,8 +208,8 @@ class ExportRunner:
                 await self.execute(job, gen)
 
     def _records(self, job: dict, principal: Principal):
-        from fhir_server.records.records import Records
-
+        Records = self.records
+        assert Records is not None, "the export runner is built with the data handle's class"
         ix = Interaction(kind=k.OPERATION, method="GET", type=job.get("rtype"), id=job.get("patient"),
                          operation="export")
         event = Event(ix, principal, f"export-{job['_id']}")

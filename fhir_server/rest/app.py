@@ -34,6 +34,7 @@ from fhir_server.ops.headers import HostGuardMiddleware, SecurityHeadersMiddlewa
 from fhir_server.ops.observability import ObservabilityMiddleware, configure_logging
 from fhir_server.records.export import ExportRunner
 from fhir_server.records.hooks import Hook
+from fhir_server.records.records import Records
 from fhir_server.rest import interaction as interactions
 from fhir_server.rest import openapi
 from fhir_server.rest.context import RequestContext
@@ -69,7 +70,7 @@ def create_app(settings: Settings | None = None, *, policies: Sequence[Policy] =
         runner = None
         if settings.export_runner:  # bulk export jobs run in every worker (records/export.py)
             runner = asyncio.create_task(ExportRunner(services.repository, services.access, settings,
-                                                      services.profiles).run_forever())
+                                                      services.profiles, Records).run_forever())
         try:
             yield
         finally:

@@ -81,7 +81,7 @@ class Destructions:
         self._steps = 0
 
     async def ensure_indexes(self) -> None:
-        from fhir_server.storage.repository import ensure_indexes_of
+        from fhir_server.storage.indexes import ensure_indexes_of
 
         await ensure_indexes_of(self.jobs, [IndexModel([("state", ASCENDING)], name="state")])
 

@@ -59,7 +59,7 @@ class ExportStore:
         return self._kicked
 
     async def ensure_indexes(self) -> None:
-        from fhir_server.storage.repository import ensure_indexes_of
+        from fhir_server.storage.indexes import ensure_indexes_of
 
         await ensure_indexes_of(self.jobs, [IndexModel([("state", ASCENDING), ("lease_until", ASCENDING)],
                                                        name="state_lease"),

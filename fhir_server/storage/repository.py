@@ -53,6 +53,7 @@ from fhir_server.storage.documents import (
 )
 from fhir_server.storage.exports import ExportStore
 from fhir_server.storage.grouped import GroupedInserts
+from fhir_server.storage.indexes import ensure_indexes_of
 from fhir_server.storage.transactions import COMMITTED, H_TX, AppTransaction, recover, settle
 from fhir_server.storage.unique import UniqueKeys
 
@@ -109,18 +110,6 @@ def _no_index_specs(rtype: str) -> list[IndexModel]:
 
 def _no_unique_keys(rtype: str, resource: dict) -> list[str]:
     return []
-
-
-async def ensure_indexes_of(collection, models: list[IndexModel]) -> None:
-    """Create missing indexes one by one, by name.
-
-    FerretDB v1.24 crashes the connection when one createIndexes command names several indexes
-    that already exist (docs/mongodb-compat.md); skipping existing names avoids it everywhere.
-    """
-    existing = {ix["name"] async for ix in await collection.list_indexes()}
-    for model in models:
-        if model.document["name"] not in existing:
-            await collection.create_indexes([model])
 
 
 def flatten(flt: dict) -> dict:
