@@ -22,7 +22,6 @@ disclosure, audited per patient through the hooks like any read (docs/decisions.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import os
 import socket
@@ -40,6 +39,7 @@ from fhir_server.access.filters import patient_compartment_filter, restrict
 from fhir_server.auth.principal import Principal
 from fhir_server.config import Settings
 from fhir_server.fhir import interactions as k
+from fhir_server.fhir.binary_json import with_data
 from fhir_server.fhir.interactions import Interaction
 from fhir_server.fhir.outcome import FhirError
 from fhir_server.fhir.profiles import Profiles
@@ -152,15 +152,9 @@ async def lines(repo: Repository, v: Version) -> AsyncIterator[bytes]:
     if v.binary_file is None:
         yield stored + b"\n"
         return
-    yield stored[:-1] + (b',"data":"' if len(stored) > 2 else b'"data":"')
-    carry = b""
-    async for chunk in repo.binaries.stream(v.binary_file):
-        chunk = carry + chunk
-        cut = len(chunk) - len(chunk) % 3
-        carry = chunk[cut:]
-        if cut:
-            yield base64.b64encode(chunk[:cut])
-    yield base64.b64encode(carry) + b'"}\n'
+    async for piece in with_data(stored, repo.binaries.stream(v.binary_file)):
+        yield piece
+    yield b"\n"
 
 
 class _Lost(Exception):

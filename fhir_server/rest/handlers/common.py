@@ -7,6 +7,7 @@ import binascii
 from datetime import datetime, timezone
 
 from fhir_server.fhir import offload
+from fhir_server.fhir.binary_json import with_data
 from fhir_server.fhir.outcome import FhirError, Issue, operation_outcome
 from fhir_server.fhir.validation import parse_json_body, validate_resource
 from fhir_server.rest.context import RequestContext
@@ -145,18 +146,9 @@ def set_version_body(ctx: RequestContext, result: Result, v: Version) -> None:
         result.stream = binary_json_stream(ctx, v)
 
 
-async def binary_json_stream(ctx: RequestContext, v: Version):
+def binary_json_stream(ctx: RequestContext, v: Version):
     """Stream `{...stored JSON..., "data": "<base64>"}` without holding the content in memory."""
-    stored = v.json or b"{}"
-    yield stored[:-1] + (b',"data":"' if len(stored) > 2 else b'"data":"')
-    carry = b""
-    async for chunk in ctx.data.binary_content(v):
-        chunk = carry + chunk
-        cut = len(chunk) - len(chunk) % 3
-        carry = chunk[cut:]
-        if cut:
-            yield base64.b64encode(chunk[:cut])
-    yield base64.b64encode(carry) + b'"}'
+    return with_data(v.json or b"{}", ctx.data.binary_content(v))
 
 
 async def materialize(result: Result) -> None:
