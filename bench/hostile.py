@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import platform
 import sys
 import tempfile
@@ -49,7 +51,7 @@ def _bodies() -> dict[str, bytes]:
     return {"bundle": bundle, "big": big, "deep": deep}
 
 
-def _probe(server, token: str, pid: str, n: int, stop: threading.Event | None = None) -> dict[str, list[float]]:
+def _probe(server, token: str, pid: str, n: int, stop=None) -> dict[str, list[float]]:
     lat: dict[str, list[float]] = {"health": [], "read": []}
     with httpx.Client(timeout=120) as c:
         for _ in range(n):
@@ -68,38 +70,54 @@ def _probe(server, token: str, pid: str, n: int, stop: threading.Event | None = 
 KINDS = ["bundle", "big", "deep", "secret", "search"]
 
 
-def _flood(server, ro_token: str, rw_token: str, count: int, connections: int, statuses: dict,
-           kinds: list[str]) -> None:
+def _flood(base: str, fhir_base: str, ro_token: str, rw_token: str, count: int, connections: int,
+           kinds: list[str], nice: int, ready, go, done, results) -> None:
+    """The hostile client, in a process of its own: its bodies are built (and its GIL held) apart
+    from the probing client, which stands for another user of the server. `nice` lowers its CPU
+    priority: the client shares the server's two cores here, which a remote client would not."""
+    if nice:
+        os.nice(nice)
     bodies = _bodies()
+    statuses: dict[str, list[int]] = {}
+    local = threading.local()
 
     def one(i: int) -> None:
         kind = kinds[i % len(kinds)]
-        with httpx.Client(timeout=300) as c:
-            auth = {"Authorization": f"Bearer {ro_token}"}
-            if kind == "bundle":
-                r = c.post(server.fhir_base, content=bodies["bundle"], headers={**FHIR, **auth})
-            elif kind in ("big", "deep"):  # a token that may create: the whole body is parsed and validated
-                r = c.post(server.fhir_base + "/Patient", content=bodies[kind],
-                           headers={**FHIR, "Authorization": f"Bearer {rw_token}"})
-            elif kind == "secret":
-                r = c.post(server.base + "/auth/token", auth=(f"guess-{i}", "wrong"),
-                           data={"grant_type": "client_credentials"})
-            else:
-                r = c.get(server.fhir_base + "/Patient", params=[("_revinclude", "DocumentReference:subject")] * 500,
-                          headers=auth)
+        if not hasattr(local, "client"):  # one kept-alive connection per flooding thread
+            local.client = httpx.Client(timeout=300)
+        c = local.client
+        auth = {"Authorization": f"Bearer {ro_token}"}
+        if kind == "bundle":
+            r = c.post(fhir_base, content=bodies["bundle"], headers={**FHIR, **auth})
+        elif kind in ("big", "deep"):  # a token that may create: the whole body is parsed and validated
+            r = c.post(fhir_base + "/Patient", content=bodies[kind],
+                       headers={**FHIR, "Authorization": f"Bearer {rw_token}"})
+        elif kind == "secret":
+            r = c.post(base + "/auth/token", auth=(f"guess-{i}", "wrong"),
+                       data={"grant_type": "client_credentials"})
+        else:
+            r = c.get(fhir_base + "/Patient", params=[("_revinclude", "DocumentReference:subject")] * 500,
+                      headers=auth)
         statuses.setdefault(kind, []).append(r.status_code)
 
-    with ThreadPoolExecutor(connections) as pool:
-        list(pool.map(one, range(count)))
+    ready.set()
+    go.wait()
+    try:
+        with ThreadPoolExecutor(connections) as pool:
+            list(pool.map(one, range(count)))
+    finally:
+        results.put(statuses)
+        done.set()
 
 
-def run(probes: int, flood: int, connections: int, kinds: list[str]) -> dict:
+def run(probes: int, flood: int, connections: int, kinds: list[str], env: dict[str, str] | None = None,
+        nice: int = 0) -> dict:
     work = Path(tempfile.mkdtemp(prefix="hostile-bench-"))
     engine = EmbeddedFerretDB(FERRETDB_BIN, work / "ferretdb")
     uri = engine.start()
     server = start_server(uri, {"FHIR_INSECURE_DEV_MODE": "false", "FHIR_MAX_BODY_BYTES": str(32 * 1024 * 1024),
                                 "FHIR_MAX_RESOURCE_BYTES": str(MAX_RESOURCE), "FHIR_ADDRESS_MAX_ATTEMPTS": "100000",
-                                "FHIR_CLIENT_MAX_FAILURES": "100000"})
+                                "FHIR_CLIENT_MAX_FAILURES": "100000", **(env or {})})
     try:
         key = rsa_key()
         add_client(server, "bench", "confidential-asymmetric", "system/*.cruds", redirect_uris=(), jwks=public_jwks(key),
@@ -113,16 +131,20 @@ def run(probes: int, flood: int, connections: int, kinds: list[str]) -> dict:
                          headers={**FHIR, "Authorization": f"Bearer {token}"}).json()["id"]
         _probe(server, token, pid, 50)  # warm-up
         quiet = _probe(server, token, pid, probes)
-        statuses: dict[str, list[int]] = {}
-        stop = threading.Event()
-        flooder = threading.Thread(target=lambda: (_flood(server, ro_token, token, flood, connections, statuses, kinds), stop.set()))
-        started = time.perf_counter()
+        mp = multiprocessing.get_context("spawn")
+        ready, go, stop, results = mp.Event(), mp.Event(), mp.Event(), mp.Queue()
+        flooder = mp.Process(target=_flood, args=(server.base, server.fhir_base, ro_token, token, flood, connections,
+                                                  kinds, nice, ready, go, stop, results))
         flooder.start()
+        ready.wait()  # the hostile bodies are built before the clock starts
+        started = time.perf_counter()
+        go.set()
         loud = _probe(server, token, pid, probes * 100, stop)
+        statuses = results.get()
         flooder.join()
         flood_seconds = time.perf_counter() - started
         out: dict = {"probes_quiet": len(quiet["health"]), "probes_flood": len(loud["health"]),
-                     "flood_requests": flood, "flood_seconds": round(flood_seconds, 1),
+                     "flood_requests": flood, "flood_seconds": round(flood_seconds, 1), "flood_nice": nice,
                      "flood_statuses": {k: sorted(set(v)) for k, v in statuses.items()}}
         for what in ("health", "read"):
             q, f = sorted(quiet[what]), sorted(loud[what])
@@ -143,8 +165,13 @@ def main() -> int:
     ap.add_argument("--flood", type=int, default=40, help="hostile requests in all")
     ap.add_argument("--connections", type=int, default=4, help="hostile requests in flight at once")
     ap.add_argument("--kinds", default=",".join(KINDS), help="kinds of hostile request, comma-separated")
+    ap.add_argument("--nice-flood", type=int, default=0, metavar="N",
+                    help="run the flooding client at this nice value (it shares the server's cores here)")
+    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                    help="server setting for this run (e.g. FHIR_AUDIT=false to compare)")
     args = ap.parse_args()
-    result = run(args.probes, args.flood, args.connections, args.kinds.split(","))
+    env = dict(kv.split("=", 1) for kv in args.env)
+    result = run(args.probes, args.flood, args.connections, args.kinds.split(","), env, args.nice_flood)
     print(json.dumps(result, indent=2))
     print("\n| probe | p50 quiet | p99 quiet | p50 flood | p99 flood | p99 ratio (target ≤ 3) |\n|---|---|---|---|---|---|")
     for what in ("health", "read"):

@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     max_bundle_entries: int = Field(1000, ge=1, description="Most entries in a batch or transaction Bundle")
     cpu_threads: int = Field(2, ge=1, description="Threads per worker for CPU-heavy work (large bodies, argon2)")
     cpu_max_waiting: int = Field(32, ge=0, description="CPU-heavy calls that may wait for a thread; more: 503")
+    cpu_processes: int = Field(1, ge=1, description="Worker processes per server worker that parse and validate "
+                                                    "large request bodies")
+    cpu_nice: int = Field(10, ge=0, le=19, description="How much lower the CPU priority of that work is than the "
+                                                       "event loop's (nice increment)")
     binary_inline_max_bytes: int = Field(
         256 * 1024, description="Binary content above this size is kept in GridFS and streamed"
     )

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
+import multiprocessing
+import os
 import re
 import subprocess
 import threading
@@ -134,21 +136,30 @@ def test_bundle_entries_a_token_may_not_write_are_refused_before_their_content_i
     assert [e["response"]["status"] for e in r.json()["entry"]] == ["403"] * 3
 
 
-def test_large_body_validation_runs_off_the_event_loop(ferretdb_uri, monkeypatch):
-    """While a large resource is being validated, /health answers: the validation is held on a gate
-    that only the test opens, after /health has answered. Validation on the event loop would
-    deadlock here (the guard timeouts then fail the test)."""
+def test_large_body_validation_runs_in_a_worker_process(ferretdb_uri, monkeypatch):
+    """While a large resource is being validated, /health answers, and the validation runs in
+    another process (fhir/offload.py: in a thread it would hold the GIL against the event loop).
+    The validation is held on a gate that only the test opens, after /health has answered; the
+    worker pool is forked from this process (instead of from the fork server) so that it inherits
+    the held validation. Validation on the event loop would deadlock here (the guard timeouts then
+    fail the test)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from fhir_server.fhir import offload
     from fhir_server.rest.handlers import write
 
-    entered, gate = threading.Event(), threading.Event()
+    mp = multiprocessing.get_context("fork")
+    entered, gate, worker = mp.Event(), mp.Event(), mp.Value("i", 0)
     real = write.validate_resource
 
     def held(resource, **kw):
+        worker.value = os.getpid()
         entered.set()
         gate.wait(30)
         return real(resource, **kw)
 
     monkeypatch.setattr(write, "validate_resource", held)
+    monkeypatch.setattr(offload._Pool, "_process_pool", lambda self: ProcessPoolExecutor(1, mp_context=mp))
     with InProcessServer(ferretdb_uri, insecure=True) as srv:
         body = _tagged(uuid.uuid4().hex, name=[{"family": "y" * 200_000}])
         result: dict = {}
@@ -167,6 +178,26 @@ def test_large_body_validation_runs_off_the_event_loop(ferretdb_uri, monkeypatch
             gate.set()
             t.join(60)
         assert result["r"].status_code == 201, result["r"].text
+        assert worker.value not in (0, os.getpid()), "the body was validated in the server's own process"
+        with srv.client() as c:  # what the worker validated is what was stored
+            stored = c.get(f"/Patient/{result['r'].json()['id']}").json()
+        assert stored["name"][0]["family"] == "y" * 200_000
+
+
+def test_invalid_large_bodies_are_refused_by_the_worker_process_with_their_issues(server):
+    """The worker's verdict reaches the client as the same OperationOutcome an inline validation
+    gives (a FhirError crosses the process boundary as itself), and nothing is stored."""
+    tag = uuid.uuid4().hex
+    big = _tagged(tag, name=[{"family": "z" * 200_000}], gender="robot")
+    small = _tagged(tag, name=[{"family": "z"}], gender="robot")
+    with server.client() as c:
+        r_big = c.post("/Patient", json=big, headers=JSON_HEADERS)
+        r_small = c.post("/Patient", json=small, headers=JSON_HEADERS)
+        assert r_big.status_code == r_small.status_code == 400, (r_big.text, r_small.text)
+        assert [i["code"] for i in r_big.json()["issue"]] == [i["code"] for i in r_small.json()["issue"]]
+        assert [i.get("expression") for i in r_big.json()["issue"]] == \
+            [i.get("expression") for i in r_small.json()["issue"]]
+        assert _count(c, tag) == 0
 
 
 def test_every_log_line_is_json_under_hostile_requests(ferretdb_uri):

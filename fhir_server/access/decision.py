@@ -162,6 +162,13 @@ class AccessDecisionPoint:
     def __init__(self, policies: Sequence[Policy] = ()) -> None:
         self.policies = tuple(policies)
 
+    def scopes_refuse(self, principal: Principal, perm: str, rtype: str | None) -> Decision | None:
+        """The scopes' refusal of `perm` on `rtype`, known before any policy prepares: a request
+        the token cannot make at all costs no database work (a read-only token's 1000-entry batch
+        of creates is refused entry by entry without reading consents)."""
+        decision = _by_scopes(principal, perm, rtype)
+        return decision if decision.effect is Effect.DENY else None
+
     async def prepare(self, principal: Principal, ix: Interaction, reader=None) -> Access:
         active = []
         if not principal.unrestricted:

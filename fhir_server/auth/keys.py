@@ -33,7 +33,10 @@ class KeyStore:
 
     async def load(self) -> None:
         docs = [d async for d in self.col.find({}, sort=[("created", -1)], limit=PUBLISHED)]
-        self._keys = [(d["_id"], jwk.RSAKey.import_key(d["jwk"])) for d in docs]
+        # importing an RSA private key checks it (milliseconds of CPU on the event loop): only new
+        # kids are imported; a kid's key never changes (rotation makes a new kid)
+        known = dict(self._keys)
+        self._keys = [(d["_id"], known.get(d["_id"]) or jwk.RSAKey.import_key(d["jwk"])) for d in docs]
         self._loaded_at = time.monotonic()
 
     async def reload(self) -> None:

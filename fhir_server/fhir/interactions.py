@@ -45,6 +45,7 @@ class Interaction:
     compartment: str | None = None  # Patient id of a compartment search (Patient/123/DocumentReference)
     existing: object | None = None  # a transaction's conditional create that matched this Version
     size: int = 0  # bytes of a Bundle entry's resource as sent (decides whether validating it is offloaded)
+    bundle_type: str | None = None  # batch or transaction, once a Bundle's body is read
 
     @property
     def rtype(self) -> str:

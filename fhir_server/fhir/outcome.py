@@ -49,6 +49,14 @@ class FhirError(Exception):
     def outcome(self) -> dict:
         return operation_outcome(self.issues)
 
+    def __reduce__(self):
+        """Picklable, so that one raised in a worker process (fhir/offload.py) reaches the request as itself."""
+        return _rebuilt_error, (self.status, self.issues, self.headers)
+
+
+def _rebuilt_error(status: int, issues: list[Issue], headers: dict[str, str]) -> FhirError:
+    return FhirError(status, issues[0].code, issues[0].diagnostics, issues=issues, headers=headers)
+
 
 def not_found(type_: str, id_: str) -> FhirError:
     return FhirError(404, "not-found", f"{type_}/{id_} is not known")

@@ -269,6 +269,10 @@ def build_events(seen: _Seen, status: int, error: FhirError | None, source: str)
 
 
 def _bundle_type(ix) -> str | None:
+    """Set once the handler read the Bundle; a body refused before that is parsed here only when
+    small (a large one would be parsed on the event loop)."""
+    if ix.bundle_type is not None or len(ix.body or b"") > 64 * 1024:
+        return ix.bundle_type
     try:
         return (ix.resource or orjson.loads(ix.body or b"{}")).get("type")
     except Exception:

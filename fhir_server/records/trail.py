@@ -5,7 +5,10 @@ everything queued and inserts it with one `insert_many` (into the AuditEvent typ
 collection, with the search index fields, as version 1 without a history entry: an AuditEvent is
 never updated, so its one version *is* its history; the repository answers vread and history
 from there). While a batch is being written, the next one queues up, so under load a write
-carries many requests' events and each request waits only for its own batch.
+carries many requests' events and each request waits only for its own batch. A batch is fair:
+requests with few events (a read has one) go whole into the next insert, and the events of large
+ones (a refused 1000-entry Bundle has 1001) are written at most `BATCH_EVENTS` per insert, so a
+read waits behind a slice of a flood's events, not all of them (bench/hostile.py).
 
 Hash chain: each process writes its own chain (`_ac`: host, process id, start instant and a
 random part), numbering records from 0 (`_as`) and storing the SHA-256 of the previous record
@@ -47,6 +50,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
@@ -60,6 +64,8 @@ log = logging.getLogger(__name__)
 A_CHAIN, A_SEQ, A_PREV, A_HASH = "_ac", "_as", "_ap", "_ah"
 HEADS = "_audit_heads"  # {_id: chain, seq: last sequence number, hash: its hash}
 HEAD_INTERVAL = 1.0  # seconds between two writes of a chain's head
+BATCH_EVENTS = 16  # events of large requests per insert (FerretDB takes ~0.25 ms per event)
+SMALL_EVENTS = 8  # a request with at most this many events goes whole into the next insert
 GENESIS = "0" * 64
 AUDIT_TYPE = "AuditEvent"
 CHECKPOINTS = "audit_checkpoints"
@@ -80,14 +86,23 @@ def _new_chain() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{datetime.now().strftime('%Y%m%dT%H%M%S')}:{uuid.uuid4().hex[:8]}"
 
 
+@dataclass(slots=True, eq=False)
+class _Pending:
+    """A request's events waiting for the writer, and how many of them are stored."""
+
+    events: list[dict]
+    done: asyncio.Future
+    received_at: datetime | None  # when the server received them: only for events it did not write itself
+    written: int = 0
+
+
 class AuditTrail:
     """Group-committed, hash-chained storage of AuditEvents."""
 
     def __init__(self, repo: Repository, enabled: bool = True) -> None:
         self.repo = repo
         self.enabled = enabled
-        # (events, future, when the server received them: only for events it did not write itself)
-        self._queue: list[tuple[list[dict], asyncio.Future, datetime | None]] = []
+        self._queue: list[_Pending] = []
         self._writer: asyncio.Task | None = None
         self._chain = _new_chain()
         self._seq = 0
@@ -118,35 +133,53 @@ class AuditTrail:
                                                                                           fhir_instant(at)))
 
     async def _enqueue(self, events: list[dict], received_at: datetime | None) -> None:
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._queue.append((events, fut, received_at))
+        pending = _Pending(events, asyncio.get_running_loop().create_future(), received_at)
+        self._queue.append(pending)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write())
-        await fut
+        await pending.done
+
+    def _next_batch(self) -> list[tuple[_Pending, int]]:
+        """What the next insert carries: (request, how many of its events). Small requests whole,
+        then slices of large ones in arrival order up to BATCH_EVENTS events in all."""
+        batch = [(p, len(p.events) - p.written) for p in self._queue if len(p.events) - p.written <= SMALL_EVENTS]
+        # at least SMALL_EVENTS for the large ones, so that a steady stream of reads cannot starve them
+        budget = max(SMALL_EVENTS, BATCH_EVENTS - sum(n for _, n in batch))
+        for p in self._queue:
+            left = len(p.events) - p.written
+            if left > SMALL_EVENTS and budget > 0:
+                batch.append((p, min(left, budget)))
+                budget -= batch[-1][1]
+        return batch
 
     async def _write(self) -> None:
         while self._queue:
-            batch, self._queue = self._queue, []
-            events = [(e, at) for evs, _, at in batch for e in evs]
+            batch = self._next_batch()
+            events = [(e, p.received_at) for p, n in batch for e in p.events[p.written:p.written + n]]
             docs, seq, prev = self._chained(events)
             try:
                 self.batches += 1
                 await self.repo.append(AUDIT_TYPE, docs)
             except BaseException as exc:
                 self._chain, self._seq, self._prev = _new_chain(), 0, GENESIS  # part may be stored
-                for _, fut, _ in batch:
-                    if not fut.done():
-                        fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError("cancelled"))
+                failed = {id(p) for p, _ in batch}
+                self._queue = [p for p in self._queue if id(p) not in failed]
+                for p, _ in batch:
+                    if not p.done.done():
+                        p.done.set_exception(exc if isinstance(exc, Exception) else RuntimeError("cancelled"))
                 if not isinstance(exc, Exception):
                     raise
                 continue
             self._seq, self._prev = seq, prev
+            for p, n in batch:
+                p.written += n
+            self._queue = [p for p in self._queue if p.written < len(p.events)]
             self._head = (self._chain, seq - 1, prev)
             if self._head_writer is None or self._head_writer.done():
                 self._head_writer = asyncio.create_task(self._write_heads())
-            for _, fut, _ in batch:
-                if not fut.done():
-                    fut.set_result(None)
+            for p, _ in batch:
+                if p.written == len(p.events) and not p.done.done():
+                    p.done.set_result(None)
 
     async def _write_heads(self) -> None:
         if self._closing is None:

@@ -44,6 +44,9 @@ from fhir_server.rest.render import render
 from fhir_server.rest.result import error_result
 
 log = logging.getLogger("fhir_server")
+# what the body worker processes run (fhir/offload.py): imported once by their fork server
+BODY_WORKER_MODULES = ("fhir_server.rest.handlers.write", "fhir_server.rest.handlers.bundle",
+                       "fhir_server.rest.handlers.validate")
 FHIR_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 CORS_REQUEST_HEADERS = ["Authorization", "Content-Type", "Accept", "If-Match", "If-None-Match", "If-None-Exist",
                         "If-Modified-Since", "Prefer", "X-Request-Id", "X-Security-Context"]
@@ -55,7 +58,8 @@ def create_app(settings: Settings | None = None, *, policies: Sequence[Policy] =
     """The ASGI app; `policies` and `hooks` are added to the decision point and the pipeline."""
     settings = settings or Settings()
     configure_logging(settings.log_level)
-    offload.configure(settings.cpu_threads, settings.cpu_max_waiting)
+    offload.configure(settings.cpu_threads, settings.cpu_max_waiting, settings.cpu_processes, settings.cpu_nice,
+                      preload=BODY_WORKER_MODULES)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -81,6 +85,7 @@ def create_app(settings: Settings | None = None, *, policies: Sequence[Policy] =
             if services.trail is not None:
                 await services.trail.close()  # the last audit batch and chain head reach the database
             await client.close()
+            offload.shutdown()
 
     routes = [
         Route("/health", health, methods=["GET"]),

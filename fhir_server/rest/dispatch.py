@@ -77,14 +77,20 @@ HANDLERS = {
 async def _bind(ctx: RequestContext, ix: Interaction, event: Event) -> RequestContext:
     """This interaction's context: its access decisions and its data handle."""
     services = ctx.services
-    access = await services.access.prepare(ctx.principal, ix, services.repository)
-    if ix.type in IMMUTABLE and ix.kind in (k.UPDATE, k.PATCH, k.DELETE):
-        raise FhirError(405, "not-supported", f"{ix.type} records are immutable: no update, patch or delete")
+    needed = None
     # a bulk export's status and files: no scope of their own, only the job's owner (records/export.py)
     if ix.kind not in k.PUBLIC and ix.kind != k.BUNDLE and ix.kind not in k.JOB_BOUND:
         needed = required(ix)
         if needed is None:
             raise FhirError(403, "forbidden", f"'{ix.kind}' is not permitted")
+        refused = services.access.scopes_refuse(ctx.principal, *needed)
+        if refused is not None and not (ix.type in IMMUTABLE and ix.kind in (k.UPDATE, k.PATCH, k.DELETE)):
+            raise FhirError(403, "forbidden", refused.reason or (
+                f"the token's scopes do not permit {ix.kind} on {needed[1] or 'the system'}"))
+    access = await services.access.prepare(ctx.principal, ix, services.repository)
+    if ix.type in IMMUTABLE and ix.kind in (k.UPDATE, k.PATCH, k.DELETE):
+        raise FhirError(405, "not-supported", f"{ix.type} records are immutable: no update, patch or delete")
+    if needed is not None:
         perm, rtype = needed
         decision = access.decide(perm, rtype)
         if decision.effect is Effect.DENY:

@@ -15,13 +15,12 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from fhir_server.fhir import offload
 from fhir_server.fhir.outcome import FhirError
 from fhir_server.fhir.types import SUPPORTED, URN_UUID_RE
 from fhir_server.fhir.validation import structural_issues
 from fhir_server.rest.context import RequestContext
 from fhir_server.rest.handlers import conditional
-from fhir_server.rest.handlers.common import materialize, resource_body
+from fhir_server.rest.handlers.common import materialize, off_loop, resource_body
 from fhir_server.rest.interaction import BUNDLE, CREATE, SEARCH_TYPE, Interaction, parse
 from fhir_server.rest.result import Result, entry_response, error_result
 from fhir_server.storage.documents import Version
@@ -35,8 +34,9 @@ async def bundle(ctx: RequestContext, ix: Interaction, dispatch) -> Result:
     if ix.header("x-provenance") is not None:  # R4 defines it for the write of one resource
         raise FhirError(400, "not-supported", "X-Provenance applies to the write of one resource, not to a Bundle: "
                                               "each entry gets its own Provenance")
-    body, sizes = await offload.run_if_large(len(ix.body or b""), _read_bundle, ix, ctx.settings.max_bundle_entries)
+    body, sizes = await off_loop(ix, _read_bundle, ctx.settings.max_bundle_entries)
     entries = body.get("entry") or []
+    ix.bundle_type = body["type"]
     if body["type"] == "batch":
         return await _batch(ctx, ix, entries, sizes, dispatch)
     return await _transaction(ctx, ix, entries, sizes, dispatch)

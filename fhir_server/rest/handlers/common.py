@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
+from collections.abc import Callable
 from datetime import datetime, timezone
+from typing import TypeVar
 
 from fhir_server.fhir import offload
 from fhir_server.fhir.binary_json import with_data
@@ -16,6 +19,7 @@ from fhir_server.rest.interaction import Interaction
 from fhir_server.rest.result import Result, version_headers
 from fhir_server.storage.documents import Version
 
+T = TypeVar("T")
 PREFER_VALUES = ("minimal", "representation", "OperationOutcome")
 
 
@@ -40,8 +44,22 @@ def resource_body(ix: Interaction) -> dict:
 
 
 async def parsed_body(ix: Interaction) -> dict:
-    """`resource_body`, parsed on the CPU pool when the body is large."""
-    return await offload.run_if_large(len(ix.body or b"") if ix.resource is None else 0, resource_body, ix)
+    """`resource_body`, parsed in a worker process when the body is large."""
+    return await off_loop(ix, resource_body)
+
+
+async def off_loop(ix: Interaction, fn: Callable[..., T], *args) -> T:
+    """`fn(ix, *args)`: inline for a small body or resource, else in a worker process
+    (fhir/offload.py), the body passed apart from the rest of the interaction. `fn` must be a
+    module-level function whose arguments and result pickle."""
+    if ix.body is not None and len(ix.body) >= offload.INLINE_BYTES:
+        return await offload.run_with_bytes(ix.body, _rejoined, fn, dataclasses.replace(ix, body=None), args)
+    return await offload.run_if_large(ix.size if ix.resource is not None else 0, fn, ix, *args)
+
+
+def _rejoined(body: bytes, fn: Callable[..., T], ix: Interaction, args: tuple) -> T:
+    ix.body = body
+    return fn(ix, *args)
 
 
 def is_raw_binary(ix: Interaction) -> bool:

@@ -61,12 +61,17 @@ async def validate(ctx: RequestContext, ix: Interaction) -> Result:
         return Result(status=200, resource=operation_outcome(
             [Issue("error", "invalid", "resource id does not match the instance", [f"{ix.type}.id"])]))
     try:
-        await offload.run_if_large(len(ix.body or b""), lambda: validate_resource(resource, expected_type=ix.type))
+        await offload.run_if_large(len(ix.body or b""), _validate, resource, ix.type)
     except FhirError as err:
         if err.status >= 500:
             raise
         return Result(status=200, resource=err.outcome())
     return _ok("validation successful: no errors")
+
+
+def _validate(resource: dict, rtype: str | None) -> str:
+    """validate_resource, a module-level function so that a worker process can run it."""
+    return validate_resource(resource, expected_type=rtype)
 
 
 def _ok(message: str) -> Result:

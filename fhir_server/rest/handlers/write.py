@@ -5,7 +5,6 @@ Everything is validated before anything is written, so a rejected request change
 
 from __future__ import annotations
 
-from fhir_server.fhir import offload
 from fhir_server.fhir.outcome import FhirError
 from fhir_server.fhir.validation import validate_resource
 from fhir_server.rest.context import RequestContext
@@ -15,6 +14,7 @@ from fhir_server.rest.handlers.common import (
     if_match_version,
     inline_binary,
     is_raw_binary,
+    off_loop,
     prefer,
     resource_body,
     split_binary_content,
@@ -32,11 +32,13 @@ async def incoming(ctx: RequestContext, ix: Interaction) -> tuple[dict, bytes | 
     limit = ctx.settings.max_resource_bytes
     if ix.type != "Binary" and size > limit:  # a Binary's content goes to GridFS: any size fits
         raise FhirError(413, "too-costly", f"the resource exceeds the {limit} byte limit of one stored resource")
-    return await offload.run_if_large(size, _incoming, ctx, ix)
-
-
-def _incoming(ctx: RequestContext, ix: Interaction) -> tuple[dict, bytes | None]:
     inline_max = ctx.services.settings.binary_inline_max_bytes
+    if is_raw_binary(ix):  # nothing to parse: the bytes are the content
+        return _incoming(ix, inline_max)
+    return await off_loop(ix, _incoming, inline_max)
+
+
+def _incoming(ix: Interaction, inline_max: int) -> tuple[dict, bytes | None]:
     if is_raw_binary(ix):
         resource, raw = binary_from_raw(ix)
         content = inline_binary(resource, raw, inline_max)
