@@ -29,7 +29,7 @@ import orjson
 
 from fhir_server.access.compartment import about_patients
 from fhir_server.auth.principal import Principal
-from fhir_server.fhir import dmp
+from fhir_server.fhir import dmp, offload
 from fhir_server.fhir import interactions as k
 from fhir_server.fhir.outcome import FhirError
 from fhir_server.records.hooks import Event, Hook
@@ -271,7 +271,7 @@ def build_events(seen: _Seen, status: int, error: FhirError | None, source: str)
 def _bundle_type(ix) -> str | None:
     """Set once the handler read the Bundle; a body refused before that is parsed here only when
     small (a large one would be parsed on the event loop)."""
-    if ix.bundle_type is not None or len(ix.body or b"") > 64 * 1024:
+    if ix.bundle_type is not None or len(ix.body or b"") >= offload.INLINE_BYTES:
         return ix.bundle_type
     try:
         return (ix.resource or orjson.loads(ix.body or b"{}")).get("type")

@@ -95,6 +95,10 @@ class _Pending:
     received_at: datetime | None  # when the server received them: only for events it did not write itself
     written: int = 0
 
+    @property
+    def left(self) -> int:
+        return len(self.events) - self.written
+
 
 class AuditTrail:
     """Group-committed, hash-chained storage of AuditEvents."""
@@ -142,13 +146,12 @@ class AuditTrail:
     def _next_batch(self) -> list[tuple[_Pending, int]]:
         """What the next insert carries: (request, how many of its events). Small requests whole,
         then slices of large ones in arrival order up to BATCH_EVENTS events in all."""
-        batch = [(p, len(p.events) - p.written) for p in self._queue if len(p.events) - p.written <= SMALL_EVENTS]
+        batch = [(p, p.left) for p in self._queue if p.left <= SMALL_EVENTS]
         # at least SMALL_EVENTS for the large ones, so that a steady stream of reads cannot starve them
         budget = max(SMALL_EVENTS, BATCH_EVENTS - sum(n for _, n in batch))
         for p in self._queue:
-            left = len(p.events) - p.written
-            if left > SMALL_EVENTS and budget > 0:
-                batch.append((p, min(left, budget)))
+            if p.left > SMALL_EVENTS and budget > 0:
+                batch.append((p, min(p.left, budget)))
                 budget -= batch[-1][1]
         return batch
 
@@ -173,12 +176,12 @@ class AuditTrail:
             self._seq, self._prev = seq, prev
             for p, n in batch:
                 p.written += n
-            self._queue = [p for p in self._queue if p.written < len(p.events)]
+            self._queue = [p for p in self._queue if p.left]
             self._head = (self._chain, seq - 1, prev)
             if self._head_writer is None or self._head_writer.done():
                 self._head_writer = asyncio.create_task(self._write_heads())
             for p, _ in batch:
-                if p.written == len(p.events) and not p.done.done():
+                if not p.left and not p.done.done():
                     p.done.set_result(None)
 
     async def _write_heads(self) -> None:

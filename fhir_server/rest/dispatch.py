@@ -18,7 +18,7 @@ from dataclasses import replace
 import pymongo
 from pymongo.errors import ConnectionFailure, DocumentTooLarge, OperationFailure, PyMongoError
 
-from fhir_server.access.decision import Effect, required
+from fhir_server.access.decision import Decision, Effect, required
 from fhir_server.fhir import interactions as k
 from fhir_server.fhir.interactions import Interaction
 from fhir_server.fhir.outcome import FhirError
@@ -77,28 +77,32 @@ HANDLERS = {
 async def _bind(ctx: RequestContext, ix: Interaction, event: Event) -> RequestContext:
     """This interaction's context: its access decisions and its data handle."""
     services = ctx.services
+    immutable_write = ix.type in IMMUTABLE and ix.kind in (k.UPDATE, k.PATCH, k.DELETE)
     needed = None
     # a bulk export's status and files: no scope of their own, only the job's owner (records/export.py)
     if ix.kind not in k.PUBLIC and ix.kind != k.BUNDLE and ix.kind not in k.JOB_BOUND:
         needed = required(ix)
         if needed is None:
             raise FhirError(403, "forbidden", f"'{ix.kind}' is not permitted")
+        # the scopes first: what the token cannot do at all costs no policy's database work
         refused = services.access.scopes_refuse(ctx.principal, *needed)
-        if refused is not None and not (ix.type in IMMUTABLE and ix.kind in (k.UPDATE, k.PATCH, k.DELETE)):
-            raise FhirError(403, "forbidden", refused.reason or (
-                f"the token's scopes do not permit {ix.kind} on {needed[1] or 'the system'}"))
+        if refused is not None and not immutable_write:
+            raise _forbidden(ix, needed[1], refused)
     access = await services.access.prepare(ctx.principal, ix, services.repository)
-    if ix.type in IMMUTABLE and ix.kind in (k.UPDATE, k.PATCH, k.DELETE):
+    if immutable_write:
         raise FhirError(405, "not-supported", f"{ix.type} records are immutable: no update, patch or delete")
     if needed is not None:
-        perm, rtype = needed
-        decision = access.decide(perm, rtype)
+        decision = access.decide(*needed)
         if decision.effect is Effect.DENY:
-            raise FhirError(403, "forbidden", decision.reason or (
-                f"the token's scopes do not permit {ix.kind} on {rtype or 'the system'}"))
+            raise _forbidden(ix, needed[1], decision)
     records = Records(services.repository, access, services.hooks, event, ctx.unit, ctx.base_url, services.profiles,
                       services.destroyer, services.provenance, services.trail)
     return replace(ctx, records=records, run=execute)
+
+
+def _forbidden(ix: Interaction, rtype: str | None, decision: Decision) -> FhirError:
+    return FhirError(403, "forbidden", decision.reason or (
+        f"the token's scopes do not permit {ix.kind} on {rtype or 'the system'}"))
 
 
 def _event(ctx: RequestContext, ix: Interaction) -> Event:

@@ -27,23 +27,22 @@ from fhir_server.rest.result import Result, information
 
 async def incoming(ctx: RequestContext, ix: Interaction) -> tuple[dict, bytes | None]:
     """The validated resource and, for a large Binary, its content to store apart. Parsing and
-    validating a large body runs on the CPU pool (fhir/offload.py), not on the event loop."""
+    validating a large body runs in a worker process (fhir/offload.py), not on the event loop."""
     size = len(ix.body) if ix.body is not None else ix.size
     limit = ctx.settings.max_resource_bytes
     if ix.type != "Binary" and size > limit:  # a Binary's content goes to GridFS: any size fits
         raise FhirError(413, "too-costly", f"the resource exceeds the {limit} byte limit of one stored resource")
     inline_max = ctx.services.settings.binary_inline_max_bytes
     if is_raw_binary(ix):  # nothing to parse: the bytes are the content
-        return _incoming(ix, inline_max)
-    return await off_loop(ix, _incoming, inline_max)
-
-
-def _incoming(ix: Interaction, inline_max: int) -> tuple[dict, bytes | None]:
-    if is_raw_binary(ix):
         resource, raw = binary_from_raw(ix)
         content = inline_binary(resource, raw, inline_max)
         validate_resource(resource, expected_type="Binary")
         return resource, content
+    return await off_loop(ix, _incoming, inline_max)
+
+
+def _incoming(ix: Interaction, inline_max: int) -> tuple[dict, bytes | None]:
+    """A FHIR JSON body (or a Bundle entry's resource), parsed and validated."""
     resource = resource_body(ix)
     validate_resource(resource, expected_type=ix.type)
     return resource, split_binary_content(resource, inline_max)
