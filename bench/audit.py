@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -30,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import closed_loop, use_uvloop  # noqa: E402
+from common import closed_loop, machine, use_uvloop  # noqa: E402
 from consent import DOCS_PER_PATIENT, TYPES, _request, load, start_pair, summarize  # noqa: E402
 from httpclient import Client  # noqa: E402
 
@@ -135,9 +134,8 @@ def main() -> int:
             stop_server(s)
         engine.stop()
     result["dataset"] = loaded
-    result["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(), "loop": loop_kind,
-                         "loadavg": open("/proc/loadavg").read().split()[:3], "clients": args.clients,
-                         "rounds": args.rounds, "seconds_per_cell": args.seconds}
+    result["machine"] = machine(loop=loop_kind, clients=args.clients, rounds=args.rounds,
+                                seconds_per_cell=args.seconds)
     print(json.dumps(result, indent=2))
     print("\n| request | audited (req/s) | unaudited (req/s) | ratio | target | CPU ms/request audited: server, engine "
           "| unaudited: server, engine |\n|---|---|---|---|---|---|---|")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import percentile, tree_cpu  # noqa: E402
+from bench.common import machine, percentile, tree_cpu  # noqa: E402
 from fhir_server.engine.ferretdb import EmbeddedFerretDB  # noqa: E402
 from tests.auth_helpers import add_client, backend_token, public_jwks, rsa_key  # noqa: E402
 from tests.conftest import FERRETDB_BIN, start_server, stop_server  # noqa: E402
@@ -65,8 +64,7 @@ def run(rounds: int, per_round: int) -> dict:
                       "p99_ms": 1e3 * percentile(s, 99), "mean_ms": 1e3 * sum(s) / n}
         out["overhead_cpu_pct"] = 100 * (out["token"]["server_cpu_us"] / out["no-token"]["server_cpu_us"] - 1)
         out["overhead_p50_pct"] = 100 * (out["token"]["p50_ms"] / out["no-token"]["p50_ms"] - 1)
-        out["machine"] = {"python": platform.python_version(), "cpus": __import__("os").cpu_count(),
-                          "loadavg": open("/proc/loadavg").read().split()[:3]}
+        out["machine"] = machine()
         return out
     finally:
         stop_server(server)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import platform
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -185,3 +186,11 @@ def use_uvloop() -> str:
         return "asyncio"
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     return "uvloop"
+
+
+def machine(**extra) -> dict:
+    """What a result must say about the machine it was measured on (docs/benchmarks.md), and the
+    run's own settings in `extra`."""
+    with open("/proc/loadavg") as f:
+        loadavg = f.read().split()[:3]
+    return {"python": platform.python_version(), "cpus": os.cpu_count(), **extra, "loadavg": loadavg}

@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import random
 import sys
 import tempfile
@@ -41,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import closed_loop, use_uvloop  # noqa: E402
+from common import closed_loop, machine, use_uvloop  # noqa: E402
 from httpclient import Client  # noqa: E402
 
 from fhir_server.engine.embedded import EmbeddedEngine  # noqa: E402
@@ -263,9 +261,8 @@ def main() -> int:
     finally:
         engine.stop()
     result["dataset"] = loaded
-    result["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(), "loop": loop_kind,
-                         "loadavg": open("/proc/loadavg").read().split()[:3], "clients": args.clients,
-                         "rounds": args.rounds, "seconds_per_cell": args.seconds, "consent_cache": args.cache}
+    result["machine"] = machine(loop=loop_kind, clients=args.clients, rounds=args.rounds,
+                                seconds_per_cell=args.seconds, consent_cache=args.cache)
     print(json.dumps(result, indent=2))
     print("\n| request | consent (req/s) | unrestricted (req/s) | ratio | target |\n|---|---|---|---|---|")
     for kind, target in (("read", 0.8), ("search", 0.7)):

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from bench.common import machine  # noqa: E402
 from fhir_server.engine.embedded import EmbeddedEngine  # noqa: E402
 from tests.conftest import FERRETDB_BIN, start_server, stop_server  # noqa: E402
 from tests.dmp import document, record_consent  # noqa: E402
@@ -177,8 +176,7 @@ def main() -> int:
                          "whole_lines": med(whole, "lines"), "whole_job_s": med(whole, "job_seconds"),
                          "whole_peak_rss_mb": round(med(whole, "peak_rss_kb") / 1024, 1),
                          "raw_s": med(raws, "seconds"), "raw_paged_s": med(raws, "paged_seconds"), "raw_peak_rss_mb": round(med(raws, "peak_rss_kb") / 1024, 1)},
-              "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                          "loadavg": open("/proc/loadavg").read().split()[:3]}}
+              "machine": machine()}
     print(json.dumps(result, indent=2))
     m = result["median"]
     print(f"\n| {args.resources} resources | time (s) | peak RSS (MB) |\n|---|---|---|\n"

@@ -18,7 +18,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -31,7 +30,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import percentile  # noqa: E402
+from bench.common import machine, percentile  # noqa: E402
 from fhir_server.engine.ferretdb import EmbeddedFerretDB  # noqa: E402
 from tests.auth_helpers import add_client, backend_token, public_jwks, rsa_key  # noqa: E402
 from tests.conftest import FERRETDB_BIN, start_server, stop_server  # noqa: E402
@@ -151,8 +150,7 @@ def run(probes: int, flood: int, connections: int, kinds: list[str], env: dict[s
             out[what] = {"p50_quiet_ms": 1e3 * percentile(q, 50), "p99_quiet_ms": 1e3 * percentile(q, 99),
                          "p50_flood_ms": 1e3 * percentile(f, 50), "p99_flood_ms": 1e3 * percentile(f, 99)}
             out[what]["p99_ratio"] = out[what]["p99_flood_ms"] / out[what]["p99_quiet_ms"]
-        out["machine"] = {"python": platform.python_version(), "cpus": __import__("os").cpu_count(),
-                          "loadavg": open("/proc/loadavg").read().split()[:3]}
+        out["machine"] = machine()
         return out
     finally:
         stop_server(server)

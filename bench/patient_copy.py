@@ -19,7 +19,6 @@ import argparse
 import base64
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from pymongo import MongoClient
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import machine  # noqa: E402
 from fhir_server.engine.embedded import EmbeddedEngine  # noqa: E402
 from tests.conftest import FERRETDB_BIN, start_server, stop_server  # noqa: E402
 
@@ -179,8 +179,7 @@ def main() -> int:
         engine.stop()
     result["dataset"] = {"documents": args.documents, "big_binaries": args.big, "big_mb": args.big_mb,
                          "attachments_mb": args.big * args.big_mb}
-    result["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(),
-                         "loadavg": open("/proc/loadavg").read().split()[:3]}
+    result["machine"] = machine()
     print(json.dumps(result, indent=2))
     return 0
 
