@@ -48,7 +48,8 @@ class Overloaded(Exception):
 
 
 def _lower_priority(nice: int) -> None:
-    """Lower the calling thread's (or process's) CPU priority by `nice`; best effort."""
+    """Lower the calling thread's CPU priority by `nice` (a worker process's: its one thread runs
+    the calls); best effort."""
     if nice <= 0 or not hasattr(os, "setpriority"):
         return
     with contextlib.suppress(OSError):
@@ -111,18 +112,12 @@ class _Pool:
     def _process_pool(self) -> Executor:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["fhir_server.fhir.validation", *self.preload])
-        return ProcessPoolExecutor(self.process_count, mp_context=context, initializer=_worker_start,
+        return ProcessPoolExecutor(self.process_count, mp_context=context, initializer=_lower_priority,
                                    initargs=(self.nice,))
 
     def shutdown(self) -> None:
         for lane in (self.threads, self.hashing, self.processes):
             lane.shutdown()
-
-
-def _worker_start(nice: int) -> None:
-    if nice > 0:
-        with contextlib.suppress(OSError):
-            os.nice(nice)
 
 
 POOL = _Pool()
