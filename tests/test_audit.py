@@ -128,6 +128,50 @@ def test_every_bundle_entry_is_audited(w):
     assert f"DocumentReference/{created[0]}/_history/1" in _refs(create) and create["outcome"] == "0"
 
 
+def test_bundle_entries_refused_alike_are_one_event_naming_each_resource(w):
+    """BALP records an attempt per patient; N identical refusals in one batch are one attempt: one
+    event per (interaction, refusal, patient) names every resource asked for and says how many
+    entries it stands for. Entries refused differently, or allowed, keep events of their own."""
+    h = _rid()
+    refused_reads = [w.doc_a, w.masked_a, w.doc_a, w.doc_b]
+    entries = [{"request": {"method": "GET", "url": f"DocumentReference/{d}"}} for d in refused_reads]
+    entries += [{"request": {"method": "POST", "url": "DocumentReference"},
+                 "resource": document(w.a, author=w.pr("none"))}] * 3
+    with w.client("none") as c:  # Dr None: no authorization from anyone
+        r = c.post("/", json={"resourceType": "Bundle", "type": "batch", "entry": entries}, headers={**FHIR, **h})
+    assert r.status_code == 200
+    statuses = [e["response"]["status"] for e in r.json()["entry"]]
+    assert all(s.startswith("403") or s.startswith("404") for s in statuses), statuses
+    events = _events(w.server, h["X-Request-Id"])
+    for event in events:
+        validate_resource(event, expected_type="AuditEvent")
+    [batch] = [e for e in events if e["subtype"][0]["code"] == "batch"]
+    assert batch["outcome"] == "0"
+    entry_events = [e for e in events if e is not batch]
+    assert all(e["outcome"] == "4" for e in entry_events)
+
+    def count(event: dict) -> int:
+        head, sep, _ = event["outcomeDesc"].partition(" Bundle entries refused alike: ")
+        return int(head) if sep else 1
+
+    assert sum(count(e) for e in entry_events) == len(entries)  # every entry is accounted for, once
+    reads = [e for e in entry_events if e["action"] == "R"]
+    named = {(ref, e["id"]) for e in reads for ref in _refs(e) if ref.startswith("DocumentReference/")}
+    assert {ref for ref, _ in named} == {f"DocumentReference/{d}" for d in refused_reads}
+    assert len(named) == len(set(refused_reads))  # each refused document named in exactly one event
+    for e in reads:  # and with its own patient only
+        patients = {ref for ref in _refs(e) if ref.startswith("Patient/")}
+        docs = {ref.split("/")[1] for ref in _refs(e) if ref.startswith("DocumentReference/")}
+        owner = {w.doc_a: w.a, w.masked_a: w.a, w.doc_b: w.b}
+        assert patients == {f"Patient/{owner[d]}" for d in docs}
+    assert sum(count(e) for e in reads) == len(refused_reads)
+    assert len(reads) < len(refused_reads)  # the same refusal asked twice is one attempt
+    [twice] = [e for e in reads if f"DocumentReference/{w.doc_a}" in _refs(e)]
+    assert count(twice) >= 2
+    [creates] = [e for e in entry_events if e["action"] == "C"]
+    assert count(creates) == 3 and _refs(creates) == {f"Patient/{w.a}"}
+
+
 @pytest.mark.parametrize("rtype", ["AuditEvent", "Provenance"])
 def test_audit_and_provenance_are_immutable_for_everyone(w, rtype):
     with w.client("operator") as c:

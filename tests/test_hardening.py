@@ -184,6 +184,34 @@ def test_large_body_validation_runs_in_a_worker_process(ferretdb_uri, monkeypatc
         assert stored["name"][0]["family"] == "y" * 200_000
 
 
+def test_refused_interactions_leave_no_reference_cycles(ferretdb_uri):
+    """Each refused Bundle entry used to leave its exception, traceback and frames in a reference
+    cycle that only the cyclic collector frees: under a flood of refused batches the full
+    collections stopped the event loop for tens of ms each (ops/collector.py). The server runs in
+    this process, so the collector's view of the garbage is the server's."""
+    import gc
+
+    from fhir_server.fhir.outcome import FhirError
+
+    with InProcessServer(ferretdb_uri, insecure=True) as srv:
+        entries = [{"request": {"method": "GET", "url": f"Patient/{uuid.uuid4()}"}} for _ in range(50)]
+        with srv.client() as c:
+            c.get("/Patient/warm-up")
+            gc.collect()
+            gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector finds unreachable is kept in gc.garbage
+            try:
+                r = c.post("", json={"resourceType": "Bundle", "type": "batch", "entry": entries},
+                           headers=JSON_HEADERS)
+                assert r.status_code == 200
+                assert [e["response"]["status"][:3] for e in r.json()["entry"]] == ["404"] * len(entries)
+                gc.collect()
+                cyclic = [o for o in gc.garbage if isinstance(o, FhirError)]
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+        assert cyclic == [], f"{len(cyclic)} refusals were left in reference cycles"
+
+
 def test_invalid_large_bodies_are_refused_by_the_worker_process_with_their_issues(server):
     """The worker's verdict reaches the client as the same OperationOutcome an inline validation
     gives (a FhirError crosses the process boundary as itself), and nothing is stored."""

@@ -8,7 +8,10 @@ written, and at `finished` turns the interaction into AuditEvents after BALP
 C/R/U/D/E, outcome 0/4/8/12 with the OperationOutcome's text, the user, client and server agents,
 and entities for the patient, each disclosed or written version, the query and the request id.
 One AuditEvent per patient whose data the interaction disclosed or wrote (BALP's
-PatientRead/PatientQuery carry one patient each), or one without a patient.
+PatientRead/PatientQuery carry one patient each), or one without a patient. Bundle entries refused
+alike (same interaction on the same type, same refusal, same patients) are one attempt: they fold
+into one event that names every resource they asked for and says how many entries it stands for, so
+a hostile 1000-entry batch costs the trail a few events instead of a thousand.
 
 When the outermost interaction of a request finishes, all of the request's events go to the
 `AuditTrail` (records/trail.py) and the hook waits until they are stored; if they cannot be, it
@@ -74,6 +77,8 @@ class _Seen:
 class _Request:
     stack: list[_Seen] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
+    # refused Bundle entries, grouped by what their events would say (see _fold_key)
+    folded: dict[tuple, tuple[int, FhirError | None, list[_Seen]]] = field(default_factory=dict)
 
 
 def outcome_code(status: int) -> str:
@@ -182,8 +187,27 @@ def _asked_patients(event: Event) -> set[str | None]:
     return asked or {event.principal.patient}
 
 
-def build_events(seen: _Seen, status: int, error: FhirError | None, source: str) -> list[dict]:
-    """The AuditEvents of one finished interaction (one per patient concerned, or one)."""
+def _outcome_text(status: int, error: FhirError | None) -> str:
+    text = "; ".join(i.diagnostics for i in error.issues if i.diagnostics) if error else ""
+    return text or f"HTTP {status}"
+
+
+def _fold_key(seen: _Seen, status: int, error: FhirError | None) -> tuple | None:
+    """What a refused Bundle entry's events would say, save the resource it names; None when the
+    entry must have events of its own (it succeeded, disclosed or wrote something, or is a query
+    or an operation, whose query entity is its own)."""
+    ev = seen.event
+    ix = ev.interaction
+    if status < 400 or seen.written or seen.refs or ix.kind not in ACTION:
+        return None
+    patients = frozenset(seen.concerned) if seen.concerned else frozenset(_asked_patients(ev))
+    return ix.kind, ix.type, status, _outcome_text(status, error), bool(seen.concerned), patients
+
+
+def build_events(seen: _Seen, status: int, error: FhirError | None, source: str,
+                 alike: Sequence[_Seen] = ()) -> list[dict]:
+    """The AuditEvents of one finished interaction (one per patient concerned, or one). `alike`:
+    further Bundle entries refused the same way (_fold_key), named in the same events."""
     ev = seen.event
     ix = ev.interaction
     recorded = fhir_instant(now_ms())
@@ -223,8 +247,10 @@ def build_events(seen: _Seen, status: int, error: FhirError | None, source: str)
                    "type": [_coding(SOURCE_TYPE, "4", "Application Server")]},
     }
     if status >= 400:
-        text = "; ".join(i.diagnostics for i in error.issues if i.diagnostics) if error else ""
-        base["outcomeDesc"] = (text or f"HTTP {status}")[:1000]
+        text = _outcome_text(status, error)
+        if alike:
+            text = f"{len(alike) + 1} Bundle entries refused alike: {text}"
+        base["outcomeDesc"] = text[:1000]
     purposes = _purposes(ev.principal)
     if purposes:
         base["purposeOfEvent"] = purposes
@@ -255,10 +281,14 @@ def build_events(seen: _Seen, status: int, error: FhirError | None, source: str)
             done.add(ref)
             entities.append({"what": {"reference": ref}, "type": _coding(ENTITY_TYPE, "2", "System Object"),
                              "role": _coding(OBJECT_ROLE, "4", "Domain Resource")})
-        if not versions and ix.type and ix.id and ix.kind != k.CREATE and not (ix.type == "Patient" and ix.id == pid):
-            entities.append({"what": {"reference": f"{ix.type}/{ix.id}"},
-                             "type": _coding(ENTITY_TYPE, "2", "System Object"),
-                             "role": _coding(OBJECT_ROLE, "4", "Domain Resource")})
+        for one in (seen, *alike) if not versions else ():
+            target = one.event.interaction
+            ref = f"{target.type}/{target.id}"
+            if target.type and target.id and target.kind != k.CREATE and not (target.type == "Patient" and
+                                                                                target.id == pid) and ref not in done:
+                done.add(ref)
+                entities.append({"what": {"reference": ref}, "type": _coding(ENTITY_TYPE, "2", "System Object"),
+                                 "role": _coding(OBJECT_ROLE, "4", "Domain Resource")})
         # a patient's event names at most MAX_ENTITIES resources; more (a copy or an export of a large
         # record) are named in further events of the same request, so none is left out and no
         # AuditEvent approaches the engine's 16 MB document limit
@@ -341,9 +371,16 @@ class AuditHook(Hook):
         if req is None or not req.stack:
             return
         seen = req.stack.pop()
-        req.events.extend(build_events(seen, status, error, self.source))
+        in_bundle = bool(req.stack) and req.stack[-1].event.interaction.kind == k.BUNDLE
+        key = _fold_key(seen, status, error) if in_bundle else None
+        if key is not None:
+            req.folded.setdefault(key, (status, error, []))[2].append(seen)
+        else:
+            req.events.extend(build_events(seen, status, error, self.source))
         if req.stack:
             return  # an entry of a Bundle: stored with the Bundle's own event
+        for status_, error_, group in req.folded.values():
+            req.events.extend(build_events(group[0], status_, error_, self.source, group[1:]))
         _REQUEST.set(None)
         try:
             await self.trail.store(req.events)

@@ -30,6 +30,7 @@ from fhir_server.composition import Services
 from fhir_server.config import Settings
 from fhir_server.fhir import offload
 from fhir_server.fhir.outcome import FhirError
+from fhir_server.ops import collector
 from fhir_server.ops.headers import HostGuardMiddleware, SecurityHeadersMiddleware
 from fhir_server.ops.observability import ObservabilityMiddleware, configure_logging
 from fhir_server.records.export import ExportRunner
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None, *, policies: Sequence[Policy] =
         if settings.export_runner:  # bulk export jobs run in every worker (records/export.py)
             runner = asyncio.create_task(ExportRunner(services.repository, services.access, settings,
                                                       services.profiles, Records).run_forever())
+        collector.settle()  # the start-up heap is never walked by a collection again
         try:
             yield
         finally:

@@ -137,7 +137,9 @@ async def dispatch(ctx: RequestContext, ix: Interaction) -> Result:
         else:
             result = await execute(ctx, ix, event)
     except FhirError as err:
-        error = err
+        # kept past the except clause: without its traceback, which would hold this frame (and the
+        # frame would hold it), a reference cycle per refused Bundle entry left to the cyclic GC
+        error = err.with_traceback(None)
     except DocumentTooLarge:  # the last line: handlers refuse oversized resources before any work
         error = FhirError(413, "too-costly", "the resource is too large to be stored")
     except PyMongoError as exc:
