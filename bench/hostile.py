@@ -8,6 +8,7 @@ requests from one client, a few connections) and only 127.0.0.1 is contacted. Ki
   deep     JSON nested 1000 levels
   secret   a wrong client secret (argon2 per request)
   search   a search with 500 _revinclude (refused by the caps)
+Status 0 in `flood_statuses`: the server closed the connection (a refused large body is not read).
 
     .venv/bin/python bench/hostile.py [--probes 300] [--flood 40] [--connections 4]
 """
@@ -86,6 +87,14 @@ def _flood(base: str, fhir_base: str, ro_token: str, rw_token: str, count: int, 
             local.client = httpx.Client(timeout=300)
         c = local.client
         auth = {"Authorization": f"Bearer {ro_token}"}
+        try:
+            r = send(c, kind, auth, i)
+        except httpx.TransportError:  # the server closed the connection on a refused large body
+            statuses.setdefault(kind, []).append(0)
+            return
+        statuses.setdefault(kind, []).append(r.status_code)
+
+    def send(c: httpx.Client, kind: str, auth: dict, i: int) -> httpx.Response:
         if kind == "bundle":
             r = c.post(fhir_base, content=bodies["bundle"], headers={**FHIR, **auth})
         elif kind in ("big", "deep"):  # a token that may create: the whole body is parsed and validated
@@ -97,7 +106,7 @@ def _flood(base: str, fhir_base: str, ro_token: str, rw_token: str, count: int, 
         else:
             r = c.get(fhir_base + "/Patient", params=[("_revinclude", "DocumentReference:subject")] * 500,
                       headers=auth)
-        statuses.setdefault(kind, []).append(r.status_code)
+        return r
 
     ready.set()
     go.wait()

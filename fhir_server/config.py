@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     cpu_max_waiting: int = Field(32, ge=0, description="CPU-heavy calls that may wait for a thread; more: 503")
     cpu_processes: int = Field(1, ge=1, description="Worker processes per server worker that parse and validate "
                                                     "large request bodies")
+    client_max_large_requests: int = Field(2, ge=1, description="Requests with a body over 64 KiB (or of unknown "
+                                                                "length) one client may have in flight per worker; "
+                                                                "more: 429 before the body is read")
     cpu_nice: int = Field(10, ge=0, le=19, description="How much lower the CPU priority of that work is than the "
                                                        "event loop's (nice increment)")
     binary_inline_max_bytes: int = Field(

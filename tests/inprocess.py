@@ -26,6 +26,7 @@ class InProcessServer:
     hooks: tuple = ()
     insecure: bool = False
     database: str = field(default_factory=lambda: "t_" + uuid.uuid4().hex[:12])
+    settings: dict = field(default_factory=dict)  # further Settings fields
     base: str = ""
     _server: uvicorn.Server | None = None
     app: object = None
@@ -47,7 +48,7 @@ class InProcessServer:
         settings = Settings(mongodb_uri=self.mongodb_uri, database=self.database, insecure_dev_mode=self.insecure,
                             binary_inline_max_bytes=TEST_INLINE_MAX, max_body_bytes=TEST_MAX_BODY,
                             max_resource_bytes=TEST_MAX_RESOURCE,
-                            log_level="WARNING", _env_file=None)
+                            log_level="WARNING", _env_file=None, **self.settings)
         app = create_app(settings, policies=self.policies, hooks=self.hooks)
         self.app = app
         self._server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False))

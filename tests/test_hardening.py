@@ -184,6 +184,68 @@ def test_large_body_validation_runs_in_a_worker_process(ferretdb_uri, monkeypatc
         assert stored["name"][0]["family"] == "y" * 200_000
 
 
+def test_a_client_has_at_most_its_share_of_large_requests_in_flight(ferretdb_uri, monkeypatch):
+    """FHIR_CLIENT_MAX_LARGE_REQUESTS=1: while one of a client's large bodies is being validated
+    (held on a gate, as above), its next large request is 429 with Retry-After before its body is
+    read, and stores nothing; its small requests and another client's large ones go on; once the
+    first is answered, the client may send a large body again (rest/admission.py)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from fhir_server.fhir import offload
+    from fhir_server.rest.handlers import write
+
+    mp = multiprocessing.get_context("fork")
+    entered, gate = mp.Event(), mp.Event()
+    real = write.validate_resource
+
+    def held(resource, **kw):
+        entered.set()
+        gate.wait(30)
+        return real(resource, **kw)
+
+    monkeypatch.setattr(write, "validate_resource", held)
+    monkeypatch.setattr(offload._Pool, "_process_pool", lambda self: ProcessPoolExecutor(1, mp_context=mp))
+    with InProcessServer(ferretdb_uri, settings={"client_max_large_requests": 1}) as srv:
+        tokens = {}
+        for who in ("a", "b"):
+            key, cid = rsa_key(), f"{who}-{uuid.uuid4().hex[:8]}"
+            add_client(srv, cid, "confidential-asymmetric", "system/*.cruds", redirect_uris=(), jwks=public_jwks(key),
+                       operator=True)
+            tokens[who] = backend_token(srv, cid, key, "system/*.cruds")["access_token"]
+        tag = uuid.uuid4().hex
+        large = _tagged(tag, name=[{"family": "y" * 200_000}])
+        results: dict = {}
+
+        def post(who: str) -> None:
+            with fhir_client(srv, tokens[who]) as c:
+                results[who] = c.post("/Patient", json=large, headers=JSON_HEADERS)
+
+        first = threading.Thread(target=post, args=("a",))
+        first.start()
+        other = None
+        try:
+            assert entered.wait(30), "the first large body never reached validation"
+            with fhir_client(srv, tokens["a"]) as c:
+                r = c.post("/Patient", json=large, headers=JSON_HEADERS)
+                assert_outcome(r, 429, "throttled")
+                assert r.headers["Retry-After"] == "1"
+                # the refused body was never read, and the connection still serves the client
+                small = c.post("/Patient", json=_tagged(tag), headers=JSON_HEADERS)
+                assert small.status_code == 201, small.text
+            other = threading.Thread(target=post, args=("b",))
+            other.start()
+        finally:
+            gate.set()
+            first.join(60)
+            if other is not None:
+                other.join(60)
+        assert results["a"].status_code == 201, results["a"].text
+        assert results["b"].status_code == 201, results["b"].text  # another client's share is its own
+        with fhir_client(srv, tokens["a"]) as c:
+            assert c.post("/Patient", json=large, headers=JSON_HEADERS).status_code == 201  # the share came back
+            assert _count(c, tag) == 4  # a's first and third large ones, its small one, b's: not the refused one
+
+
 def test_refused_interactions_leave_no_reference_cycles(ferretdb_uri):
     """Each refused Bundle entry used to leave its exception, traceback and frames in a reference
     cycle that only the cyclic collector frees: under a flood of refused batches the full

@@ -9,8 +9,8 @@ the switch interval (5 ms) to get the GIL back — a read doing six round trips 
 2 (bench/hostile.py). So bodies above INLINE_BYTES are parsed and validated by `run_if_large` in a
 process pool: the loop holds the GIL only to hand the bytes over and take the verdict back.
 
-- Processes (`run_if_large`): `processes` workers, started lazily from a fork server that has the
-  validation modules imported, at a lower CPU priority (`nice`) so that under load the loop and
+- Processes (`run_if_large`): `processes` workers, started by `warm` when the app starts, from a
+  fork server that has the validation modules imported, at a lower CPU priority (`nice`) so that under load the loop and
   the database get the cores first. A worker that dies (out of memory on a hostile body) breaks the
   pool: the request gets a 503 and the next one a new pool.
 - Threads (`run`): for work that releases the GIL (argon2: `hashing=True`, one at a time, it uses
@@ -134,6 +134,20 @@ def configure(threads: int, max_waiting: int, processes: int = 1, nice: int = 10
 def shutdown() -> None:
     """Stop the workers (at application shutdown)."""
     POOL.shutdown()
+
+
+def _ready() -> bool:
+    return True
+
+
+async def warm() -> None:
+    """Start the fork server and the worker processes now, from a thread. A process pool starts
+    its processes when a call is submitted, and the first start also starts the fork server, which
+    imports the validation modules: submitted from the event loop, the first large body of a
+    worker's life held the loop for 0.6 s (bench/hostile.py)."""
+    lane = POOL.processes
+    executor = lane.executor()
+    await asyncio.to_thread(lambda: executor.submit(_ready).result())
 
 
 async def run(fn: Callable[..., T], *args, hashing: bool = False) -> T:

@@ -38,6 +38,7 @@ from fhir_server.records.hooks import Hook
 from fhir_server.records.records import Records
 from fhir_server.rest import interaction as interactions
 from fhir_server.rest import openapi
+from fhir_server.rest.admission import LargeRequests
 from fhir_server.rest.context import RequestContext
 from fhir_server.rest.dispatch import dispatch
 from fhir_server.rest.formats import negotiate
@@ -77,9 +78,13 @@ def create_app(settings: Settings | None = None, *, policies: Sequence[Policy] =
             runner = asyncio.create_task(ExportRunner(services.repository, services.access, settings,
                                                       services.profiles, Records).run_forever())
         collector.settle()  # the start-up heap is never walked by a collection again
+        warming = asyncio.create_task(offload.warm())  # the worker processes start while the app serves
         try:
             yield
         finally:
+            warming.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await warming
             if runner is not None:
                 runner.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -99,6 +104,7 @@ def create_app(settings: Settings | None = None, *, policies: Sequence[Policy] =
         Route("/fhir/{path:path}", fhir_endpoint, methods=FHIR_METHODS),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.large_requests = LargeRequests(settings.client_max_large_requests)
     app.add_middleware(SecurityHeadersMiddleware, style_hash=STYLE_HASH, hsts_seconds=settings.hsts_seconds,
                        https_base=(settings.public_base_url or "").startswith("https://"))
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
@@ -192,6 +198,7 @@ async def fhir_endpoint(request: Request) -> Response:
     services: Services = request.app.state.services
     query = request.url.query
     pretty = False
+    stack = contextlib.ExitStack()
     try:
         base = _base_url(request, services.settings)
         path = request.path_params.get("path", "")
@@ -203,8 +210,13 @@ async def fhir_endpoint(request: Request) -> Response:
         form_search = request.method == "POST" and request.headers.get("content-type", "").startswith(
             "application/x-www-form-urlencoded") and path.endswith("_search")
         limit = services.settings.search_max_body_bytes if form_search else services.settings.max_body_bytes
-        body = await _read_body(request, limit, services.settings.body_timeout_seconds) if request.method in (
-            "POST", "PUT", "PATCH") else None
+        if request.method in ("POST", "PUT", "PATCH"):
+            # a client's share of the large requests is taken before its body is read (rest/admission.py)
+            slot = request.app.state.large_requests.admit(principal, request.headers.get("content-length"))
+            stack.enter_context(slot)
+            body = await _read_body(request, limit, services.settings.body_timeout_seconds)
+        else:
+            body = None
         headers = {k: v for k, v in request.headers.items()}
         if form_search:
             assert body is not None, "a POST body was read above"
@@ -228,6 +240,8 @@ async def fhir_endpoint(request: Request) -> Response:
         log.exception("unhandled error")
         result = error_result(FhirError(500, "exception", "internal error; the request id identifies it in the "
                                                           "server logs"))
+    finally:
+        stack.close()
     return render(result, pretty=pretty)
 
 
