@@ -8,9 +8,9 @@ requests from one client, a few connections) and only 127.0.0.1 is contacted. Ki
   deep     JSON nested 1000 levels
   secret   a wrong client secret (argon2 per request)
   search   a search with 500 _revinclude (refused by the caps)
-Status 0 in `flood_statuses`: the server closed the connection (a refused large body is not read).
+`flood_statuses` counts the answers per kind; 0: the server closed the connection before answering.
 
-    .venv/bin/python bench/hostile.py [--probes 300] [--flood 40] [--connections 4]
+    .venv/bin/python bench/hostile.py [--probes 300] [--flood 40] [--connections 4] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def _flood(base: str, fhir_base: str, ro_token: str, rw_token: str, count: int, 
 
 
 def run(probes: int, flood: int, connections: int, kinds: list[str], env: dict[str, str] | None = None,
-        nice: int = 0) -> dict:
+        nice: int = 0, rounds: int = 1) -> dict:
     work = Path(tempfile.mkdtemp(prefix="hostile-bench-"))
     engine = EmbeddedFerretDB(FERRETDB_BIN, work / "ferretdb")
     uri = engine.start()
@@ -138,22 +139,33 @@ def run(probes: int, flood: int, connections: int, kinds: list[str], env: dict[s
             pid = c.post(server.fhir_base + "/Patient", json={"resourceType": "Patient", "name": [{"family": "Dupont"}]},
                          headers={**FHIR, "Authorization": f"Bearer {token}"}).json()["id"]
         _probe(server, token, pid, 50)  # warm-up
-        quiet = _probe(server, token, pid, probes)
+        quiet: dict[str, list[float]] = {"health": [], "read": []}
+        loud: dict[str, list[float]] = {"health": [], "read": []}
+        statuses: dict[str, Counter[int]] = {}
+        flood_seconds, per_round = 0.0, []
         mp = multiprocessing.get_context("spawn")
-        ready, go, stop, results = mp.Event(), mp.Event(), mp.Event(), mp.Queue()
-        flooder = mp.Process(target=_flood, args=(server.base, server.fhir_base, ro_token, token, flood, connections,
-                                                  kinds, nice, ready, go, stop, results))
-        flooder.start()
-        ready.wait()  # the hostile bodies are built before the clock starts
-        started = time.perf_counter()
-        go.set()
-        loud = _probe(server, token, pid, probes * 100, stop)
-        statuses = results.get()
-        flooder.join()
-        flood_seconds = time.perf_counter() - started
-        out: dict = {"probes_quiet": len(quiet["health"]), "probes_flood": len(loud["health"]),
-                     "flood_requests": flood, "flood_seconds": round(flood_seconds, 1), "flood_nice": nice,
-                     "flood_statuses": {k: sorted(set(v)) for k, v in statuses.items()}}
+        for _ in range(rounds):  # quiet and flood alternate: a drift in the machine's load hits both
+            q = _probe(server, token, pid, probes)
+            ready, go, stop, results = mp.Event(), mp.Event(), mp.Event(), mp.Queue()
+            flooder = mp.Process(target=_flood, args=(server.base, server.fhir_base, ro_token, token, flood,
+                                                      connections, kinds, nice, ready, go, stop, results))
+            flooder.start()
+            ready.wait()  # the hostile bodies are built before the clock starts
+            started = time.perf_counter()
+            go.set()
+            f = _probe(server, token, pid, probes * 100, stop)
+            for kind, codes in results.get().items():
+                statuses.setdefault(kind, Counter()).update(codes)
+            flooder.join()
+            flood_seconds += time.perf_counter() - started
+            per_round.append({w: round(percentile(sorted(f[w]), 99) / percentile(sorted(q[w]), 99), 2)
+                              for w in ("health", "read")})
+            for w in ("health", "read"):
+                quiet[w] += q[w]
+                loud[w] += f[w]
+        out: dict = {"rounds": rounds, "probes_quiet": len(quiet["health"]), "probes_flood": len(loud["health"]),
+                     "flood_requests": flood * rounds, "flood_seconds": round(flood_seconds, 1), "flood_nice": nice,
+                     "flood_statuses": {k: dict(sorted(v.items())) for k, v in statuses.items()}, "p99_ratio_per_round": per_round}
         for what in ("health", "read"):
             q, f = sorted(quiet[what]), sorted(loud[what])
             out[what] = {"p50_quiet_ms": 1e3 * percentile(q, 50), "p99_quiet_ms": 1e3 * percentile(q, 99),
@@ -168,8 +180,10 @@ def run(probes: int, flood: int, connections: int, kinds: list[str], env: dict[s
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--probes", type=int, default=300, help="probe pairs without the flood")
-    ap.add_argument("--flood", type=int, default=40, help="hostile requests in all")
+    ap.add_argument("--probes", type=int, default=300, help="probe pairs without the flood, per round")
+    ap.add_argument("--flood", type=int, default=40, help="hostile requests per round")
+    ap.add_argument("--rounds", type=int, default=1, help="quiet probes then flood, this many times; the "
+                                                          "percentiles pool every round's probes")
     ap.add_argument("--connections", type=int, default=4, help="hostile requests in flight at once")
     ap.add_argument("--kinds", default=",".join(KINDS), help="kinds of hostile request, comma-separated")
     ap.add_argument("--nice-flood", type=int, default=0, metavar="N",
@@ -178,7 +192,7 @@ def main() -> int:
                     help="server setting for this run (e.g. FHIR_AUDIT=false to compare)")
     args = ap.parse_args()
     env = dict(kv.split("=", 1) for kv in args.env)
-    result = run(args.probes, args.flood, args.connections, args.kinds.split(","), env, args.nice_flood)
+    result = run(args.probes, args.flood, args.connections, args.kinds.split(","), env, args.nice_flood, args.rounds)
     print(json.dumps(result, indent=2))
     print("\n| probe | p50 quiet | p99 quiet | p50 flood | p99 flood | p99 ratio (target ≤ 3) |\n|---|---|---|---|---|---|")
     for what in ("health", "read"):
