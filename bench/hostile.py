@@ -10,7 +10,7 @@ requests from one client, a few connections) and only 127.0.0.1 is contacted. Ki
   search   a search with 500 _revinclude (refused by the caps)
 `flood_statuses` counts the answers per kind; 0: the server closed the connection before answering.
 
-    .venv/bin/python bench/hostile.py [--probes 300] [--flood 40] [--connections 4] [--rounds 1]
+    .venv/bin/python bench/hostile.py [--probes 300] [--flood 40] [--connections 4] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--probes", type=int, default=300, help="probe pairs without the flood, per round")
     ap.add_argument("--flood", type=int, default=40, help="hostile requests per round")
-    ap.add_argument("--rounds", type=int, default=1, help="quiet probes then flood, this many times; the "
+    ap.add_argument("--rounds", type=int, default=3, help="quiet probes then flood, this many times; the "
                                                           "percentiles pool every round's probes")
     ap.add_argument("--connections", type=int, default=4, help="hostile requests in flight at once")
     ap.add_argument("--kinds", default=",".join(KINDS), help="kinds of hostile request, comma-separated")
