@@ -119,8 +119,17 @@ def _flood(base: str, fhir_base: str, ro_token: str, rw_token: str, count: int, 
         done.set()
 
 
+def _burn(nice: int, halt) -> None:
+    """A process that only uses CPU: with `--burn N`, the floor this machine puts under the probes'
+    tail when its cores are shared, whatever the server does."""
+    if nice:
+        os.nice(nice)
+    while not halt.is_set():
+        sum(range(100_000))
+
+
 def run(probes: int, flood: int, connections: int, kinds: list[str], env: dict[str, str] | None = None,
-        nice: int = 0, rounds: int = 1) -> dict:
+        nice: int = 0, rounds: int = 1, burn: int = 0) -> dict:
     work = Path(tempfile.mkdtemp(prefix="hostile-bench-"))
     engine = EmbeddedFerretDB(FERRETDB_BIN, work / "ferretdb")
     uri = engine.start()
@@ -146,18 +155,30 @@ def run(probes: int, flood: int, connections: int, kinds: list[str], env: dict[s
         mp = multiprocessing.get_context("spawn")
         for _ in range(rounds):  # quiet and flood alternate: a drift in the machine's load hits both
             q = _probe(server, token, pid, probes)
-            ready, go, stop, results = mp.Event(), mp.Event(), mp.Event(), mp.Queue()
-            flooder = mp.Process(target=_flood, args=(server.base, server.fhir_base, ro_token, token, flood,
-                                                      connections, kinds, nice, ready, go, stop, results))
-            flooder.start()
-            ready.wait()  # the hostile bodies are built before the clock starts
-            started = time.perf_counter()
-            go.set()
-            f = _probe(server, token, pid, probes * 100, stop)
-            for kind, codes in results.get().items():
-                statuses.setdefault(kind, Counter()).update(codes)
-            flooder.join()
-            flood_seconds += time.perf_counter() - started
+            if burn:  # the control: processes that only use CPU, no request at all
+                halt = mp.Event()
+                burners = [mp.Process(target=_burn, args=(nice, halt)) for _ in range(burn)]
+                for b in burners:
+                    b.start()
+                started = time.perf_counter()
+                f = _probe(server, token, pid, probes)
+                halt.set()
+                for b in burners:
+                    b.join()
+                flood_seconds += time.perf_counter() - started
+            else:
+                ready, go, stop, results = mp.Event(), mp.Event(), mp.Event(), mp.Queue()
+                flooder = mp.Process(target=_flood, args=(server.base, server.fhir_base, ro_token, token, flood,
+                                                          connections, kinds, nice, ready, go, stop, results))
+                flooder.start()
+                ready.wait()  # the hostile bodies are built before the clock starts
+                started = time.perf_counter()
+                go.set()
+                f = _probe(server, token, pid, probes * 100, stop)
+                for kind, codes in results.get().items():
+                    statuses.setdefault(kind, Counter()).update(codes)
+                flooder.join()
+                flood_seconds += time.perf_counter() - started
             per_round.append({w: round(percentile(sorted(f[w]), 99) / percentile(sorted(q[w]), 99), 2)
                               for w in ("health", "read")})
             for w in ("health", "read"):
@@ -188,11 +209,14 @@ def main() -> int:
     ap.add_argument("--kinds", default=",".join(KINDS), help="kinds of hostile request, comma-separated")
     ap.add_argument("--nice-flood", type=int, default=0, metavar="N",
                     help="run the flooding client at this nice value (it shares the server's cores here)")
+    ap.add_argument("--burn", type=int, default=0, metavar="N",
+                    help="control: instead of the flood, N processes that only use CPU (at --nice-flood)")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                     help="server setting for this run (e.g. FHIR_AUDIT=false to compare)")
     args = ap.parse_args()
     env = dict(kv.split("=", 1) for kv in args.env)
-    result = run(args.probes, args.flood, args.connections, args.kinds.split(","), env, args.nice_flood, args.rounds)
+    result = run(args.probes, args.flood, args.connections, args.kinds.split(","), env, args.nice_flood, args.rounds,
+                 args.burn)
     print(json.dumps(result, indent=2))
     print("\n| probe | p50 quiet | p99 quiet | p50 flood | p99 flood | p99 ratio (target ≤ 3) |\n|---|---|---|---|---|---|")
     for what in ("health", "read"):
