@@ -1,5 +1,6 @@
 """`/health` and read-by-id latency while one client floods the server with maximum-size hostile
-requests (issue 12): the same probes without and then with the flood, in one run on one server.
+requests (issue 12): the same probes without and then with the flood, in one run on one server,
+alternating over `--rounds`.
 
 Target: p99 under the flood within 3x of p99 without it. The flood is bounded (a fixed number of
 requests from one client, a few connections) and only 127.0.0.1 is contacted. Kinds of request:
@@ -9,8 +10,11 @@ requests from one client, a few connections) and only 127.0.0.1 is contacted. Ki
   secret   a wrong client secret (argon2 per request)
   search   a search with 500 _revinclude (refused by the caps)
 `flood_statuses` counts the answers per kind; 0: the server closed the connection before answering.
+`--burn N` is the control: N processes that only use CPU instead of the flood, the floor that
+sharing the machine's cores puts under the probes' tail whatever the server does.
 
     .venv/bin/python bench/hostile.py [--probes 300] [--flood 40] [--connections 4] [--rounds 3]
+    .venv/bin/python bench/hostile.py --burn 2 [--nice-flood 19]
 """
 
 from __future__ import annotations
