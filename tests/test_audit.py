@@ -170,6 +170,8 @@ def test_bundle_entries_refused_alike_are_one_event_naming_each_resource(w):
     assert count(twice) >= 2
     [creates] = [e for e in entry_events if e["action"] == "C"]
     assert count(creates) == 3 and _refs(creates) == {f"Patient/{w.a}"}
+    # no id to name before it exists: the type it would have been
+    assert [x["what"] for x in creates["entity"] if "type" in x.get("what", {})] == [{"type": "DocumentReference"}]
 
 
 @pytest.mark.parametrize("rtype", ["AuditEvent", "Provenance"])

@@ -281,13 +281,18 @@ def build_events(seen: _Seen, status: int, error: FhirError | None, source: str,
             done.add(ref)
             entities.append({"what": {"reference": ref}, "type": _coding(ENTITY_TYPE, "2", "System Object"),
                              "role": _coding(OBJECT_ROLE, "4", "Domain Resource")})
-        for one in (seen, *alike) if not versions else ():
+        for one in (seen, *alike) if not versions else ():  # what was asked for, nothing disclosed
             target = one.event.interaction
-            ref = f"{target.type}/{target.id}"
-            if target.type and target.id and target.kind != k.CREATE and not (target.type == "Patient" and
-                                                                                target.id == pid) and ref not in done:
-                done.add(ref)
-                entities.append({"what": {"reference": ref}, "type": _coding(ENTITY_TYPE, "2", "System Object"),
+            if target.kind == k.CREATE and target.type:  # no id yet: the type it would have created
+                what, key = {"type": target.type}, target.type
+            elif target.type and target.id and not (target.type == "Patient" and target.id == pid):
+                what = {"reference": f"{target.type}/{target.id}"}
+                key = what["reference"]
+            else:
+                continue
+            if key not in done:
+                done.add(key)
+                entities.append({"what": what, "type": _coding(ENTITY_TYPE, "2", "System Object"),
                                  "role": _coding(OBJECT_ROLE, "4", "Domain Resource")})
         # a patient's event names at most MAX_ENTITIES resources; more (a copy or an export of a large
         # record) are named in further events of the same request, so none is left out and no
