@@ -10,8 +10,8 @@ the switch interval (5 ms) to get the GIL back — a read doing six round trips 
 process pool: the loop holds the GIL only to hand the bytes over and take the verdict back.
 
 - Processes (`run_if_large`): `processes` workers, started by `warm` when the app starts, from a
-  fork server that has the validation modules imported, at a lower CPU priority (`nice`) so that under load the loop and
-  the database get the cores first. A worker that dies (out of memory on a hostile body) breaks the
+  fork server that has the validation modules imported, at a lower CPU priority (`nice`) so that
+  under load the loop and the database get the cores first. A worker that dies (out of memory on a hostile body) breaks the
   pool: the request gets a 503 and the next one a new pool.
 - Threads (`run`): for work that releases the GIL (argon2: `hashing=True`, one at a time, it uses
   several cores and 64 MiB) or cannot be pickled (the repository's index extraction of a large

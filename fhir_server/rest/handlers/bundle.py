@@ -44,7 +44,7 @@ async def bundle(ctx: RequestContext, ix: Interaction, dispatch) -> Result:
 
 def _read_bundle(ix: Interaction, max_entries: int) -> tuple[dict, list[bytes | None]]:
     """The Bundle without its entries' resources, and each entry's resource as JSON (None when it
-    has none, or one that is not an object, left in the entry). Its entry count is checked before
+    has none, or one that is not an object). Its entry count is checked before
     any validation, and only the Bundle's own elements are validated here: each entry's resource is
     validated by its own interaction, after the access decision on it (a token that may not write
     has its entries refused without their content being validated).
@@ -69,15 +69,10 @@ def _read_bundle(ix: Interaction, max_entries: int) -> tuple[dict, list[bytes | 
     issues = structural_issues(shell, "Bundle")
     if issues:
         raise FhirError(400, issues[0].code, issues[0].diagnostics, issues=issues)
-    resources: list[bytes | None] = []
-    if isinstance(entries, list):
-        for i, e in enumerate(entries):
-            if isinstance(e, dict) and isinstance(e.get("resource"), dict):
-                resources.append(orjson.dumps(e["resource"]))
-                entries[i] = {k: v for k, v in e.items() if k != "resource"}
-            else:
-                resources.append(None)
-    return body, resources
+    # the shell validated above is what goes back (a resource that is not an object goes as missing)
+    resources = [orjson.dumps(e["resource"]) if isinstance(e, dict) and isinstance(e.get("resource"), dict) else None
+                 for e in entries] if isinstance(entries, list) else []
+    return shell, resources
 
 
 def _entry_interaction(ctx: RequestContext, ix: Interaction, entry: dict, index: int,
