@@ -136,13 +136,11 @@ def test_bundle_entries_a_token_may_not_write_are_refused_before_their_content_i
     assert [e["response"]["status"] for e in r.json()["entry"]] == ["403"] * 3
 
 
-def test_large_body_validation_runs_in_a_worker_process(ferretdb_uri, monkeypatch):
-    """While a large resource is being validated, /health answers, and the validation runs in
-    another process (fhir/offload.py: in a thread it would hold the GIL against the event loop).
-    The validation is held on a gate that only the test opens, after /health has answered; the
-    worker pool is forked from this process (instead of from the fork server) so that it inherits
-    the held validation. Validation on the event loop would deadlock here (the guard timeouts then
-    fail the test)."""
+@pytest.fixture
+def held_validation(monkeypatch):
+    """Large bodies' validation held on a gate that only the test opens: (entered, gate, worker
+    pid). The worker pool is forked from this process (instead of from the fork server) so that it
+    inherits the held validation; what the server validates itself (small bodies) is not held."""
     from concurrent.futures import ProcessPoolExecutor
 
     from fhir_server.fhir import offload
@@ -150,16 +148,26 @@ def test_large_body_validation_runs_in_a_worker_process(ferretdb_uri, monkeypatc
 
     mp = multiprocessing.get_context("fork")
     entered, gate, worker = mp.Event(), mp.Event(), mp.Value("i", 0)
-    real = write.validate_resource
+    real, server = write.validate_resource, os.getpid()
 
     def held(resource, **kw):
-        worker.value = os.getpid()
-        entered.set()
-        gate.wait(30)
+        if os.getpid() != server:
+            worker.value = os.getpid()
+            entered.set()
+            gate.wait(30)
         return real(resource, **kw)
 
     monkeypatch.setattr(write, "validate_resource", held)
     monkeypatch.setattr(offload._Pool, "_process_pool", lambda self: ProcessPoolExecutor(1, mp_context=mp))
+    return entered, gate, worker
+
+
+def test_large_body_validation_runs_in_a_worker_process(ferretdb_uri, held_validation):
+    """While a large resource is being validated, /health answers, and the validation runs in
+    another process (fhir/offload.py: in a thread it would hold the GIL against the event loop).
+    The validation is held on a gate that only the test opens, after /health has answered.
+    Validated on the server instead, it would never reach the gate (and the worker's pid stays 0)."""
+    entered, gate, worker = held_validation
     with InProcessServer(ferretdb_uri, insecure=True) as srv:
         body = _tagged(uuid.uuid4().hex, name=[{"family": "y" * 200_000}])
         result: dict = {}
@@ -199,28 +207,12 @@ def _raw_exchange(base: str, request: str) -> tuple[str, bytes]:
     return head.decode(), rest
 
 
-def test_a_client_has_at_most_its_share_of_large_requests_in_flight(ferretdb_uri, monkeypatch):
+def test_a_client_has_at_most_its_share_of_large_requests_in_flight(ferretdb_uri, held_validation):
     """FHIR_CLIENT_MAX_LARGE_REQUESTS=1: while one of a client's large bodies is being validated
     (held on a gate, as above), its next large request is 429 with Retry-After before its body is
     read, and stores nothing; its small requests and another client's large ones go on; once the
     first is answered, the client may send a large body again (rest/admission.py)."""
-    from concurrent.futures import ProcessPoolExecutor
-
-    from fhir_server.fhir import offload
-    from fhir_server.rest.handlers import write
-
-    mp = multiprocessing.get_context("fork")
-    entered, gate = mp.Event(), mp.Event()
-    real, server = write.validate_resource, os.getpid()
-
-    def held(resource, **kw):
-        if os.getpid() != server:  # large bodies only: small ones are validated on the server
-            entered.set()
-            gate.wait(30)
-        return real(resource, **kw)
-
-    monkeypatch.setattr(write, "validate_resource", held)
-    monkeypatch.setattr(offload._Pool, "_process_pool", lambda self: ProcessPoolExecutor(1, mp_context=mp))
+    entered, gate, _ = held_validation
     with InProcessServer(ferretdb_uri, settings={"client_max_large_requests": 1}) as srv:
         tokens = {}
         for who in ("a", "b"):

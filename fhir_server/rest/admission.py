@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from fhir_server.access.decision import principal_key
 from fhir_server.auth.principal import Principal
 from fhir_server.fhir import offload
 from fhir_server.fhir.outcome import FhirError
@@ -33,23 +34,19 @@ def is_large(content_length: str | None) -> bool:
     return _size(content_length) >= offload.INLINE_BYTES
 
 
-def client_key(principal: Principal) -> tuple[str, str, str]:
-    return principal.kind, principal.client_id or "", principal.subject or ""
-
-
 class LargeRequests:
     """Large requests in flight, per client key, in this process."""
 
     def __init__(self, per_client: int) -> None:
         self.per_client = per_client
-        self._in_flight: dict[tuple[str, str, str], int] = {}
+        self._in_flight: dict[str, int] = {}
 
     @contextmanager
     def admit(self, principal: Principal, content_length: str | None) -> Iterator[None]:
         if not is_large(content_length):
             yield
             return
-        key = client_key(principal)
+        key = principal_key(principal)  # the same user through the same client, or the backend client
         held = self._in_flight.get(key, 0)
         if held >= self.per_client:
             headers = {"Retry-After": "1"}
