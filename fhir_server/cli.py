@@ -431,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     cadd.add_argument("--redirect-uri", action="append", help="exact redirect URI (repeatable)")
     cadd.add_argument("--scope", help="space-separated scopes the client may be granted, e.g. "
                                       "'openid fhirUser launch/patient offline_access patient/*.rs'")
-    cadd.add_argument("--secret", help="confidential-symmetric: the secret (generated and shown once if omitted)")
+    cadd.add_argument("--secret", help="confidential-symmetric: the secret, at least 32 random characters "
+                      "(drawn and shown once if omitted)")
     cadd.add_argument("--jwks", help="confidential-asymmetric: a file holding the client's public JWKS")
     cadd.add_argument("--jwks-uri", help="confidential-asymmetric: the URL of the client's JWKS")
     cadd.add_argument("--organization", help="Organization/<id> a backend client acts for: patient consent applies "

@@ -25,6 +25,7 @@ from tests.dmp import authorization, record_consent
 
 LOINC = "http://loinc.org"
 RPPS = "10000000009"  # 11 digits, Luhn-valid
+CONF_SECRET = "s3cret-s3cret-s3cret-s3cret-s3cret"  # a client secret has at least 32 characters
 APP_SCOPES = ("openid fhirUser profile launch launch/patient offline_access online_access "
               "patient/*.cruds user/*.cruds patient/*.read user/*.read")
 
@@ -98,7 +99,7 @@ def build_world(server) -> World:
              name="Dr Martin")
     add_user(server, "admin", "admin", name="Administrator")
     add_client(server, "app", "public", APP_SCOPES, name="Mon Dossier")
-    add_client(server, "conf-app", "confidential-symmetric", APP_SCOPES, secret="s3cret-s3cret")
+    add_client(server, "conf-app", "confidential-symmetric", APP_SCOPES, secret=CONF_SECRET)
     w.keys["backend"] = rsa_key()
     w.keys["backend-es"] = ec_key()
     add_client(server, "backend", "confidential-asymmetric", "system/DocumentReference.rs system/Patient.read",

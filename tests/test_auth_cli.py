@@ -33,6 +33,11 @@ def test_users_clients_and_launch(ferretdb_uri):
     r = _cli(ferretdb_uri, db, "clients", "add", "app1", "--kind", "confidential-symmetric", "--redirect-uri",
              "https://app.example/cb", "--scope", "openid patient/*.rs")
     assert r.returncode == 0 and "client secret (shown once)" in r.stdout
+    secret = r.stdout.split("client secret (shown once):", 1)[1].split()[0]
+    assert len(secret) >= 32
+    short = _cli(ferretdb_uri, db, "clients", "add", "app2", "--kind", "confidential-symmetric", "--redirect-uri",
+                 "https://app.example/cb", "--secret", "guessable-secret")
+    assert short.returncode == 2 and "at least 32" in short.stderr
     clients = [json.loads(line) for line in _cli(ferretdb_uri, db, "clients", "list").stdout.splitlines()]
     assert clients[0]["client_id"] == "app1" and clients[0]["scopes"] == "openid patient/*.rs"
     assert _cli(ferretdb_uri, db, "clients", "remove", "app1").returncode == 0

@@ -23,6 +23,7 @@ from tests.auth_helpers import (
     run_db,
     user_token,
 )
+from tests.auth_world import CONF_SECRET
 
 SCOPE = "openid fhirUser launch/patient patient/*.rs offline_access"
 
@@ -174,7 +175,7 @@ def test_code_for_another_client(auth_world):
     w = auth_world
     verifier, challenge = pkce()
     q = browser_login(w.server, authorize_params(w.server, "app", SCOPE, challenge), "helene")
-    r = httpx.post(w.server.base + "/auth/token", auth=("conf-app", "s3cret-s3cret"),
+    r = httpx.post(w.server.base + "/auth/token", auth=("conf-app", CONF_SECRET),
                    data={"grant_type": "authorization_code", "code": q["code"], "redirect_uri": CALLBACK,
                          "code_verifier": verifier})
     assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
@@ -288,7 +289,7 @@ def test_revoking_the_refresh_token_revokes_the_grant(auth_world):
 def test_introspection(auth_world):
     w = auth_world
     tok = user_token(w.server, "app", "dr.martin", "openid fhirUser launch/patient patient/*.rs", patient=w.p1)
-    r = httpx.post(w.server.base + "/auth/introspect", auth=("conf-app", "s3cret-s3cret"),
+    r = httpx.post(w.server.base + "/auth/introspect", auth=("conf-app", CONF_SECRET),
                    data={"token": tok["access_token"]})
     assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
     info = r.json()
@@ -297,7 +298,7 @@ def test_introspection(auth_world):
     assert info["fhirUser"] == f"{w.server.fhir_base}/Practitioner/{w.pr1}"
     assert set(info["scope"].split()) == {"openid", "fhirUser", "launch/patient", "patient/*.rs"}
     assert info["exp"] > time.time()
-    r = httpx.post(w.server.base + "/auth/introspect", auth=("conf-app", "s3cret-s3cret"), data={"token": "nope"})
+    r = httpx.post(w.server.base + "/auth/introspect", auth=("conf-app", CONF_SECRET), data={"token": "nope"})
     assert r.json() == {"active": False}
     assert httpx.post(w.server.base + "/auth/introspect", data={"token": tok["access_token"]}).status_code == 401
 

@@ -33,6 +33,7 @@ from tests.conftest import ROOT, start_server, stop_server
 from tests.inprocess import InProcessServer
 
 SCOPE = "launch/patient patient/*.rs offline_access"
+SECRET_1, SECRET_2 = "right-secret-1-of-at-least-32-characters", "right-secret-2-of-at-least-32-characters"
 
 
 @pytest.fixture(scope="module")
@@ -60,18 +61,18 @@ def _introspect(server, auth=None, **data):
 
 
 def test_client_secret_guessing_is_throttled_per_client(hard):
-    add_client(hard, "conf-1", "confidential-symmetric", SCOPE, secret="right-secret-1")
-    add_client(hard, "conf-2", "confidential-symmetric", SCOPE, secret="right-secret-2")
-    assert _introspect(hard, ("conf-1", "right-secret-1")).json() == {"active": False}
+    add_client(hard, "conf-1", "confidential-symmetric", SCOPE, secret=SECRET_1)
+    add_client(hard, "conf-2", "confidential-symmetric", SCOPE, secret=SECRET_2)
+    assert _introspect(hard, ("conf-1", SECRET_1)).json() == {"active": False}
     statuses = [_introspect(hard, ("conf-1", f"guess-{i}")).status_code for i in range(4)]
     assert statuses == [401, 401, 401, 429]
-    r = _introspect(hard, ("conf-1", "right-secret-1"))  # throttled: even the right secret waits
+    r = _introspect(hard, ("conf-1", SECRET_1))  # throttled: even the right secret waits
     assert r.status_code == 429 and r.json()["error"] == "invalid_client" and "retry-after" in r.headers
     for path in ("/auth/token", "/auth/revoke"):
-        r = httpx.post(hard.base + path, auth=("conf-1", "right-secret-1"),
+        r = httpx.post(hard.base + path, auth=("conf-1", SECRET_1),
                        data={"grant_type": "refresh_token", "refresh_token": "x", "token": "x"})
         assert r.status_code == 429, (path, r.text)
-    assert _introspect(hard, ("conf-2", "right-secret-2")).status_code == 200  # another client is unaffected
+    assert _introspect(hard, ("conf-2", SECRET_2)).status_code == 200  # another client is unaffected
 
 
 def test_parallel_wrong_passwords_cannot_race_the_throttle(hard):
@@ -92,33 +93,63 @@ def test_parallel_wrong_passwords_cannot_race_the_throttle(hard):
     assert statuses.count(401) == 5
 
 
-def test_unknown_client_ids_cost_the_same_argon2_work(ferretdb_uri, monkeypatch):
-    """One argon2 verification per client_secret check whether the id is unknown, a public client or
-    a confidential one (no client-id enumeration by timing). Counted, not timed."""
+def test_unknown_client_ids_cost_the_same_work(ferretdb_uri, monkeypatch):
+    """One digest per client_secret check whether the id is unknown, a public client or a
+    confidential one (no client-id enumeration by timing), and no argon2 at all: client secrets are
+    random, so a slow hash only gave anyone a way to make the server burn CPU. Counted, not timed."""
     from fhir_server.auth import stores
 
-    calls = []
-
-    class Counting:
-        def __init__(self, real):
-            self.real = real
-
-        def verify(self, stored, secret):
-            calls.append(1)
-            return self.real.verify(stored, secret)
-
-        def hash(self, secret):
-            return self.real.hash(secret)
-
-    monkeypatch.setattr(stores, "_hasher", Counting(stores._hasher))
+    digests, argon2 = [], []
+    real_digest, real_verify = stores._client_digest, stores.verify_secret
+    monkeypatch.setattr(stores, "_client_digest", lambda *a: digests.append(1) or real_digest(*a))
+    monkeypatch.setattr(stores, "verify_secret", lambda *a: argon2.append(1) or real_verify(*a))
     with InProcessServer(ferretdb_uri) as srv:
-        add_client(srv, "conf", "confidential-symmetric", SCOPE, secret="the-secret")
+        add_client(srv, "conf", "confidential-symmetric", SCOPE, secret=SECRET_1)
         add_client(srv, "pub", "public", SCOPE)
         for cid in ("nobody-" + uuid.uuid4().hex, "pub", "conf"):
-            before = len(calls)
+            before = len(digests)
             r = httpx.post(srv.base + "/auth/introspect", auth=(cid, "wrong"), data={"token": "x"}, timeout=60)
             assert r.status_code == 401 and r.json()["error"] == "invalid_client"
-            assert len(calls) - before == 1, cid
+            assert len(digests) - before == 1, cid
+        before = len(digests)
+        r = httpx.post(srv.base + "/auth/introspect", auth=("conf", SECRET_1), data={"token": "x"}, timeout=60)
+        assert r.status_code == 200 and r.json() == {"active": False}
+        assert len(digests) - before == 1 and argon2 == []
+
+
+def test_client_secrets_are_long_and_stored_salted_and_legacy_hashes_are_upgraded(hard):
+    """A client secret shorter than 32 characters is refused; a stored one is neither the secret
+    nor its plain digest (a salt per client). A client whose secret was stored as argon2 (before
+    this form) still authenticates, and from then on is stored the current way."""
+    import hashlib
+
+    from argon2 import PasswordHasher
+
+    with pytest.raises(ValueError, match="at least 32"):
+        add_client(hard, "short-" + uuid.uuid4().hex, "confidential-symmetric", SCOPE, secret="s" * 31)
+    cid = "salted-" + uuid.uuid4().hex
+    add_client(hard, cid, "confidential-symmetric", SCOPE, secret=SECRET_1)
+    other = "salted-" + uuid.uuid4().hex
+    add_client(hard, other, "confidential-symmetric", SCOPE, secret=SECRET_1)
+
+    def stored(client_id):
+        return run_db(hard, lambda db: db["auth_clients"].find_one({"_id": client_id}))["secret_hash"]
+
+    kept, kept_other = stored(cid), stored(other)
+    assert SECRET_1 not in kept and hashlib.sha256(SECRET_1.encode()).hexdigest() not in kept
+    assert kept != kept_other  # the same secret, two different stored values
+
+    legacy = "legacy-" + uuid.uuid4().hex
+    add_client(hard, legacy, "confidential-symmetric", SCOPE, secret=SECRET_2)
+    old = PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1).hash(SECRET_2)
+    run_db(hard, lambda db: db["auth_clients"].update_one({"_id": legacy}, {"$set": {"secret_hash": old}}))
+    assert _introspect(hard, (legacy, SECRET_1)).status_code == 401
+    assert stored(legacy) == old  # a wrong secret changes nothing
+    assert _introspect(hard, (legacy, SECRET_2)).json() == {"active": False}
+    upgraded = stored(legacy)
+    assert upgraded != old and not upgraded.startswith("$argon2")
+    assert _introspect(hard, (legacy, SECRET_2)).json() == {"active": False}
+    assert _introspect(hard, (legacy, SECRET_1)).status_code == 401
 
 
 def test_introspection_needs_a_confidential_client_or_a_resource_server_token(hard):

@@ -49,9 +49,10 @@ from fhir_server.auth.stores import (
     StateStore,
     User,
     UserDirectory,
+    is_legacy_client_hash,
     new_token,
     utcnow,
-    verify_secret_off_loop,
+    verify_client_secret,
 )
 from fhir_server.auth.tokens import InvalidToken, TokenService
 from fhir_server.fhir import offload
@@ -524,15 +525,17 @@ class AuthServer:
             raise OAuthError("invalid_client", "too many failed client authentications; try again later", 429,
                              {"Retry-After": str(self.settings.login_throttle_window_seconds)})
         client = await self.clients.get(cid)
-        symmetric = client is not None and client.kind == "confidential-symmetric"
-        # the same argon2 work whether or not the client exists (no client-id enumeration by timing)
+        stored = client.secret_hash if client is not None and client.kind == "confidential-symmetric" else None
+        # the same work whether or not the client exists (no client-id enumeration by timing)
         try:
-            ok = await verify_secret_off_loop(client.secret_hash if symmetric and client else None, secret)
-        except offload.Overloaded:
+            ok = await verify_client_secret(stored, secret)
+        except offload.Overloaded:  # a legacy argon2 hash, and the hashing lane is full
             raise OAuthError("temporarily_unavailable", "the server is busy; try again shortly", 503,
                              {"Retry-After": "1"})
-        if not ok or client is None:
+        if not ok or client is None or stored is None:
             raise failed
+        if is_legacy_client_hash(stored):  # verified the slow way once: kept the current way from now on
+            await self.clients.store_secret(cid, secret, stored)
         await self.state.forgive(counted)
         return client
 

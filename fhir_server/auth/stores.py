@@ -5,14 +5,16 @@
 * short-lived state: pending authorization requests, authorization codes, launch contexts,
   refresh tokens, revocations, client-assertion `jti`s seen, login failures.
 
-Secrets are never stored in clear: passwords and client secrets are argon2id hashes, codes and
-refresh tokens are stored under their SHA-256. Expiry is checked on every read (no reliance on TTL
+Secrets are never stored in clear: passwords are argon2id hashes; client secrets, codes and
+refresh tokens, all random and long, are stored under their SHA-256 (client secrets salted; see
+`hash_client_secret` for why no slow hash). Expiry is checked on every read (no reliance on TTL
 indexes, which not every engine we run on honours); `purge_expired` sweeps old rows.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -59,6 +61,52 @@ def verify_secret(stored_hash: str | None, secret: str) -> bool:
 async def verify_secret_off_loop(stored_hash: str | None, secret: str) -> bool:
     """`verify_secret` on the CPU pool (argon2 takes tens of milliseconds; it releases the GIL)."""
     return await offload.run(verify_secret, stored_hash, secret, hashing=True)
+
+
+# A client secret is a machine credential, drawn at random by the server (`fhir-server clients add`
+# prints 32 random bytes) and at least CLIENT_SECRET_MIN_LENGTH characters when an operator brings
+# one. A slow hash exists to make guessing a low-entropy *password* from its stolen hash costly;
+# against 192 random bits guessing is out of reach whatever the hash, so client secrets are kept
+# as a salted SHA-256, like codes and refresh tokens (NIST SP 800-63B §5.1.1.2 asks a slow
+# derivation of memorized secrets only; RFC 6819 §5.1.4.1.3, §5.1.4.2.2). argon2 there cost every
+# token request of a symmetric client ~200 ms of CPU and 64 MiB, and let anyone make the server
+# spend that per request with a made-up client id (issue 12; bench/hostile.py).
+CLIENT_SECRET_MIN_LENGTH = 32
+_CLIENT_HASH_PREFIX = "sha256$"
+_LEGACY_CLIENT_HASH_PREFIX = "$argon2"  # client secrets stored before salted SHA-256
+
+
+def hash_client_secret(secret: str) -> str:
+    """`sha256$<salt>$<hex digest>`"""
+    salt = secrets.token_hex(16)
+    return f"{_CLIENT_HASH_PREFIX}{salt}${_client_digest(salt, secret)}"
+
+
+def _client_digest(salt: str, secret: str) -> str:
+    return hashlib.sha256(f"{salt}\n{secret}".encode()).hexdigest()
+
+
+_DUMMY_CLIENT_SALT = secrets.token_hex(16)
+_DUMMY_CLIENT_DIGEST = _client_digest(_DUMMY_CLIENT_SALT, secrets.token_urlsafe(32))
+
+
+def is_legacy_client_hash(stored_hash: str | None) -> bool:
+    return bool(stored_hash) and stored_hash.startswith(_LEGACY_CLIENT_HASH_PREFIX)  # type: ignore[union-attr]
+
+
+async def verify_client_secret(stored_hash: str | None, secret: str) -> bool:
+    """Whether `secret` is the client's. The same work whether the client exists or not (an
+    unknown or public client is checked against a dummy digest), so the time taken does not tell
+    whether a client id exists; the comparison is constant-time. A legacy argon2 hash is verified
+    with argon2, off the loop (the caller then stores the secret again: `hash_client_secret`)."""
+    if is_legacy_client_hash(stored_hash):
+        return await verify_secret_off_loop(stored_hash, secret)
+    salt, expected, known = _DUMMY_CLIENT_SALT, _DUMMY_CLIENT_DIGEST, False
+    if stored_hash and stored_hash.startswith(_CLIENT_HASH_PREFIX):
+        parts = stored_hash[len(_CLIENT_HASH_PREFIX):].split("$")
+        if len(parts) == 2:
+            (salt, expected), known = parts, True
+    return hmac.compare_digest(_client_digest(salt, secret), expected) and known
 
 
 def disable_revocation_until(settings) -> datetime:
@@ -193,6 +241,8 @@ class Client:
 class ClientRegistry(Protocol):
     async def get(self, client_id: str) -> Client | None: ...
 
+    async def store_secret(self, client_id: str, secret: str, replacing: str) -> None: ...
+
 
 class MongoClientRegistry:
     def __init__(self, db) -> None:
@@ -209,6 +259,9 @@ class MongoClientRegistry:
             raise ValueError(f"client kind must be one of {', '.join(CLIENT_KINDS)}")
         if client.kind == "confidential-symmetric" and not secret:
             raise ValueError("a confidential-symmetric client needs a secret")
+        if secret and len(secret) < CLIENT_SECRET_MIN_LENGTH:
+            raise ValueError(f"a client secret has at least {CLIENT_SECRET_MIN_LENGTH} random characters "
+                             "(leave it out to get one drawn at random)")
         if client.kind == "confidential-asymmetric" and not (client.jwks or client.jwks_uri):
             raise ValueError("a confidential-asymmetric client needs a JWKS or a JWKS URL")
         if client.kind != "confidential-asymmetric" and not client.redirect_uris:
@@ -222,7 +275,7 @@ class MongoClientRegistry:
         doc = {"_id": client.client_id, **{k: v for k, v in asdict(client).items() if k != "client_id"},
                "created": utcnow()}
         if secret:
-            doc["secret_hash"] = hash_secret(secret)
+            doc["secret_hash"] = hash_client_secret(secret)
         try:
             await self.col.insert_one(doc)
         except DuplicateKeyError:
@@ -237,6 +290,12 @@ class MongoClientRegistry:
 
     async def remove(self, client_id: str) -> bool:
         return (await self.col.delete_one({"_id": client_id})).deleted_count == 1
+
+    async def store_secret(self, client_id: str, secret: str, replacing: str) -> None:
+        """Keep `secret` in the current form, in place of the hash `replacing` (only if that is
+        still the stored one: a secret changed meanwhile stays changed)."""
+        await self.col.update_one({"_id": client_id, "secret_hash": replacing},
+                                  {"$set": {"secret_hash": hash_client_secret(secret)}})
 
 
 # --- short-lived state ---------------------------------------------------------------------------
