@@ -260,3 +260,61 @@ def test_address_budget_and_forwarded_headers_from_untrusted_peers(ferretdb_uri)
         assert r.status_code == 429  # the address is over budget for every secret check
     finally:
         stop_server(s)
+
+
+def test_secret_check_throttle_stays_exact_and_asks_only_id_equalities(ferretdb_uri):
+    """Three processes' throttles (three StateStores) racing 30 attempts at one key with a limit of
+    7 grant exactly 7; a right secret's slot given back is granted again. Every command the
+    throttle sends names one slot by `_id` equality, which each engine serves from its `_id`
+    index: a count or range over `_id` scans the whole collection on FerretDB, and that collection
+    holds one document per attempt of every key, so each guess in a flood used to cost more than
+    the one before."""
+    import asyncio
+
+    from pymongo import AsyncMongoClient, monitoring
+
+    from fhir_server.auth.stores import StateStore
+
+    commands: list[tuple[str, dict]] = []
+
+    class Listener(monitoring.CommandListener):
+        def started(self, event):
+            body = event.command
+            if body.get(event.command_name) == "auth_login_failures":
+                for part in ("filter", "pipeline", "query"):
+                    if part in body:
+                        commands.append((event.command_name, body[part]))
+                for d in body.get("deletes", []):
+                    commands.append((event.command_name, d["q"]))
+                if event.command_name == "insert":
+                    commands.extend(("insert", {"_id": doc["_id"]}) for doc in body["documents"])
+
+        def succeeded(self, event):
+            pass
+
+        def failed(self, event):
+            pass
+
+    async def go():
+        client = AsyncMongoClient(ferretdb_uri, tz_aware=True, event_listeners=[Listener()])
+        try:
+            db = client["t_throttle_" + uuid.uuid4().hex[:8]]
+            stores = [StateStore(db) for _ in range(3)]
+            key = "client:racer"
+            granted = await asyncio.gather(*(stores[i % 3].count_attempt(key, 300, 7) for i in range(30)))
+            slots = [g for g in granted if g is not None]
+            assert len(slots) == 7 and len(set(slots)) == 7
+            assert await stores[0].count_attempt(key, 300, 7) is None
+            await stores[1].forgive([slots[2]])
+            again = await stores[1].count_attempt(key, 300, 7)
+            assert again == slots[2]
+            assert await stores[2].count_attempt(key, 300, 7) is None
+            await stores[0].clear_attempts(key, 300, 7)
+            assert await stores[2].count_attempt(key, 300, 7) is not None
+        finally:
+            await client.close()
+
+    asyncio.run(go())
+    assert commands and {name for name, _ in commands} <= {"find", "insert", "delete"}
+    for name, spec in commands:
+        assert list(spec) == ["_id"] and isinstance(spec["_id"], str), (name, spec)

@@ -342,7 +342,7 @@ class AuthServer:
                                                  "The user name or password is incorrect.", username), 401,
                                 headers=NO_STORE)
         await self.state.forgive(counted[1:])
-        await self.state.clear_attempts("user:" + username.lower(), window)
+        await self.state.clear_attempts("user:" + username.lower(), window, self.settings.login_max_failures)
         if user.role == "practitioner":
             linked = await self._link_by_rpps(user)
             if linked is None:

@@ -13,6 +13,7 @@ indexes, which not every engine we run on honours); `purge_expired` sweeps old r
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -121,6 +122,10 @@ def digest(token: str) -> str:
 
 def new_token(nbytes: int = 32) -> str:
     return secrets.token_urlsafe(nbytes)
+
+
+def _slot_id(prefix: str, slot: int) -> str:
+    return f"{prefix}{slot:09d}"
 
 
 def utcnow() -> datetime:
@@ -311,6 +316,7 @@ class StateStore:
         self.revoked = db["auth_revocations"]
         self.jtis = db["auth_assertion_jtis"]
         self.failures = db["auth_login_failures"]
+        self._next_slot: dict[str, int] = {}  # key|window| -> the slot this process tries next
 
     # pending authorization requests (between /authorize and the redirect)
     async def put_request(self, params: dict, lifetime: int) -> str:
@@ -423,37 +429,81 @@ class StateStore:
 
     # throttling of everything that checks a secret (sign-in, client secrets)
     #
-    # Each attempt reserves a slot: a document `key|window|slot` inserted under its unique _id, before
-    # the secret is checked, so parallel guesses cannot all pass a check made before any was counted.
-    # A unique insert is atomic on every engine; a `$inc` is not on FerretDB v1 (40 concurrent
-    # find_one_and_update $inc left the counter at 3: docs/mongodb-compat.md).
+    # Each attempt reserves a slot: a document `key|window|slot` (slot 0 .. limit-1) inserted under
+    # its unique _id, before the secret is checked, so parallel guesses cannot all pass a check made
+    # before any was counted; however many processes count, a window holds at most `limit`
+    # reservations, because each slot id exists once. A unique insert is atomic on every engine; a
+    # `$inc` is not on FerretDB v1 (40 concurrent find_one_and_update $inc left the counter at 3:
+    # docs/mongodb-compat.md). Every operation here is an `_id` equality, which every engine serves by
+    # its `_id` index: a range or a count over `_id` is a scan of the whole collection on FerretDB,
+    # and the collection holds one document per attempt of every key, so under a guessing flood
+    # each attempt cost more than the one before (bench/client_secret.py).
+    #
+    # Where to insert: the slot after this process's last one for the key (`_next_slot`), slot 0
+    # for a key new here (one insert per attempt), or when that one is taken, a free slot found by a
+    # binary search on existence (log2(limit) lookups). The last slot taken means the budget is
+    # spent (one lookup per refused attempt). A slot given back (`forgive`) is reused by the process that gave it back, as
+    # a request reserves and gives back in one process; a hole below a taken last slot is not
+    # reused by the others, which makes the limit at most slightly stricter, never looser.
+    NEXT_SLOT_KEYS = 10_000  # keys remembered per process (an attacker's made-up ids cannot grow it)
+
     async def count_attempt(self, key: str, window: int, limit: int) -> str | None:
         """Reserve one of the `limit` attempts of `key` in the current fixed window: the slot's id,
         or None when all are taken."""
         now = utcnow()
         prefix = f"{key}|{int(now.timestamp()) // window}|"
-        taken = await self.failures.count_documents({"_id": {"$gte": prefix + "0", "$lt": prefix + ":"}})
-        if taken >= limit:
-            return None
+        slot: int | None = self._next_slot.get(prefix, 0)  # a key new here: most often new everywhere
+        if slot is None or slot >= limit:
+            slot = await self._free_slot(prefix, 0, limit)
         exp = now + timedelta(seconds=2 * window)
-        for slot in [*range(taken, limit), *range(taken)]:  # the lower ones: slots freed by `forgive`
-            sid = f"{prefix}{slot:09d}"
+        while slot is not None:
             try:
-                await self.failures.insert_one({"_id": sid, "exp": exp})
-                return sid
-            except DuplicateKeyError:
-                continue  # a concurrent attempt took it
+                await self.failures.insert_one({"_id": _slot_id(prefix, slot), "exp": exp})
+            except DuplicateKeyError:  # taken by a concurrent attempt or another process
+                slot = await self._free_slot(prefix, slot + 1, limit)
+                continue
+            if len(self._next_slot) >= self.NEXT_SLOT_KEYS:
+                self._next_slot.clear()  # only costs the next attempts of each key a search
+            self._next_slot[prefix] = slot + 1
+            return _slot_id(prefix, slot)
+        self._next_slot[prefix] = limit
         return None
+
+    async def _slot_taken(self, prefix: str, slot: int) -> bool:
+        return await self.failures.find_one({"_id": _slot_id(prefix, slot)}, projection={"_id": 1}) is not None
+
+    async def _free_slot(self, prefix: str, lo: int, limit: int) -> int | None:
+        """None when the last slot (limit-1) is taken: the budget is spent. Else a free slot from
+        `lo` up whose lower neighbours are taken, as far as a binary search sees."""
+        if lo >= limit or await self._slot_taken(prefix, limit - 1):
+            return None
+        hi = limit - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if await self._slot_taken(prefix, mid):
+                lo = mid + 1
+            else:
+                hi = mid
+        return hi
 
     async def forgive(self, slot_ids: list[str]) -> None:
         """Give back the slots of attempts whose secret was right."""
-        await self.failures.delete_many({"_id": {"$in": slot_ids}})
+        for sid in slot_ids:
+            await self.failures.delete_one({"_id": sid})
+            prefix, _, slot = sid.rpartition("|")
+            prefix += "|"
+            if prefix in self._next_slot and slot.isdigit():
+                self._next_slot[prefix] = min(self._next_slot[prefix], int(slot))
 
-    async def clear_attempts(self, key: str, window: int) -> None:
+    async def clear_attempts(self, key: str, window: int, limit: int) -> None:
+        """Forget the failures of `key` in this window and the previous one (a right password)."""
         bucket = int(utcnow().timestamp()) // window
         for b in (bucket, bucket - 1):
             prefix = f"{key}|{b}|"
-            await self.failures.delete_many({"_id": {"$gte": prefix + "0", "$lt": prefix + ":"}})
+            self._next_slot.pop(prefix, None)
+            for first in range(0, limit, 32):  # a few in flight at once, whatever the limit
+                await asyncio.gather(*(self.failures.delete_one({"_id": _slot_id(prefix, slot)})
+                                       for slot in range(first, min(limit, first + 32))))
 
     async def forget_patient(self, patient: str) -> None:
         """Drop every pending authorization, code, launch context and refresh token that names this
