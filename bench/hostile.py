@@ -7,7 +7,7 @@ requests from one client, a few connections) and only 127.0.0.1 is contacted. Ki
   bundle   a batch Bundle of FHIR_MAX_BUNDLE_ENTRIES creates (~20 MB) with a read-only token (403 each)
   big      a Patient of almost FHIR_MAX_RESOURCE_BYTES, invalid (gender), with a token that may create
   deep     JSON nested 1000 levels
-  secret   a wrong client secret (argon2 per request)
+  secret   a wrong client secret for a made-up client id (throttles lifted: each one is checked)
   search   a search with 500 _revinclude (refused by the caps)
 `flood_statuses` counts the answers per kind; 0: the server closed the connection before answering.
 `--burn N` is the control: N processes that only use CPU instead of the flood, the floor that
