@@ -192,6 +192,42 @@ def test_large_body_validation_runs_in_a_worker_process(ferretdb_uri, held_valid
         assert stored["name"][0]["family"] == "y" * 200_000
 
 
+def test_a_large_body_is_joined_off_the_event_loop(ferretdb_uri, monkeypatch):
+    """While a large body's chunks are being joined into one (held on a gate that only the test
+    opens), /health answers: the join runs on a thread (rest/app.py), where CPython copies a large
+    join without the GIL. Joined on the event loop, the gate would hold the loop and /health with it."""
+    from fhir_server.rest import app as app_module
+
+    entered, gate, real = threading.Event(), threading.Event(), app_module.join_body
+
+    def held(chunks):
+        if sum(map(len, chunks)) >= app_module.JOIN_OFF_LOOP_BYTES:
+            entered.set()
+            gate.wait(30)
+        return real(chunks)
+
+    monkeypatch.setattr(app_module, "join_body", held)
+    data = os.urandom(1024 * 1024 + 4096)
+    with InProcessServer(ferretdb_uri, insecure=True) as srv:
+        result: dict = {}
+
+        def post():
+            with srv.client() as c:
+                result["r"] = c.post("/Binary", content=data, headers={"Content-Type": "application/octet-stream"})
+
+        t = threading.Thread(target=post)
+        t.start()
+        try:
+            assert entered.wait(30), "the body never reached the join"
+            assert httpx.get(srv.base + "/health", timeout=10).status_code == 200
+        finally:
+            gate.set()
+            t.join(60)
+        assert result["r"].status_code == 201, result["r"].text
+        with srv.client() as c:  # the joined body is the one sent
+            assert c.get(result["r"].headers["Location"], headers={"Accept": "application/octet-stream"}).content == data
+
+
 def _raw_exchange(base: str, request: str) -> tuple[str, bytes]:
     """Send `request` (headers only) and read until the server closes: (status line and headers,
     body). The socket timeout only guards the test."""
