@@ -78,6 +78,9 @@ def create_app(settings: Settings | None = None, *, policies: Sequence[Policy] =
         if settings.export_runner:  # bulk export jobs run in every worker (records/export.py)
             runner = asyncio.create_task(ExportRunner(services.repository, services.access, settings,
                                                       services.profiles, Records).run_forever())
+        # anyio imports its asyncio backend at its first use, which was the first request with a body,
+        # on the event loop (the watchdog saw it under bench/hostile.py; 13 ms on an idle machine)
+        anyio.get_cancelled_exc_class()
         collector.settle()  # the start-up heap is never walked by a collection again
         warming = asyncio.create_task(offload.warm())  # the worker processes start while the app serves
         try:
