@@ -92,7 +92,7 @@ _DUMMY_CLIENT_DIGEST = _client_digest(_DUMMY_CLIENT_SALT, secrets.token_urlsafe(
 
 
 def is_legacy_client_hash(stored_hash: str | None) -> bool:
-    return bool(stored_hash) and stored_hash.startswith(_LEGACY_CLIENT_HASH_PREFIX)  # type: ignore[union-attr]
+    return stored_hash is not None and stored_hash.startswith(_LEGACY_CLIENT_HASH_PREFIX)
 
 
 async def verify_client_secret(stored_hash: str | None, secret: str) -> bool:
@@ -442,9 +442,10 @@ class StateStore:
     # Where to insert: the slot after this process's last one for the key (`_next_slot`), slot 0
     # for a key new here (one insert per attempt), or when that one is taken, a free slot found by a
     # binary search on existence (log2(limit) lookups). The last slot taken means the budget is
-    # spent (one lookup per refused attempt). A slot given back (`forgive`) is reused by the process that gave it back, as
-    # a request reserves and gives back in one process; a hole below a taken last slot is not
-    # reused by the others, which makes the limit at most slightly stricter, never looser.
+    # spent (one lookup per refused attempt). A slot given back (`forgive`) is reused by the process
+    # that gave it back, as a request reserves and gives back in one process; a hole below a taken
+    # last slot is not reused by the others, which makes the limit at most slightly stricter, never
+    # looser.
     NEXT_SLOT_KEYS = 10_000  # keys remembered per process (an attacker's made-up ids cannot grow it)
 
     async def count_attempt(self, key: str, window: int, limit: int) -> str | None:
@@ -452,9 +453,8 @@ class StateStore:
         or None when all are taken."""
         now = utcnow()
         prefix = f"{key}|{int(now.timestamp()) // window}|"
-        slot: int | None = self._next_slot.get(prefix, 0)  # a key new here: most often new everywhere
-        if slot is None or slot >= limit:
-            slot = await self._free_slot(prefix, 0, limit)
+        hint = self._next_slot.get(prefix, 0)  # a key new here: most often new everywhere
+        slot = hint if hint < limit else await self._free_slot(prefix, 0, limit)
         exp = now + timedelta(seconds=2 * window)
         while slot is not None:
             try:
