@@ -29,7 +29,7 @@ from fhir_server.auth.principal import ANONYMOUS
 from fhir_server.auth.server import AUTH_ROUTES, fhir_base
 from fhir_server.composition import Services
 from fhir_server.config import Settings
-from fhir_server.fhir import offload
+from fhir_server.fhir import offload, validation
 from fhir_server.fhir.outcome import FhirError
 from fhir_server.ops import collector
 from fhir_server.ops.headers import HostGuardMiddleware, SecurityHeadersMiddleware
@@ -66,8 +66,14 @@ def create_app(settings: Settings | None = None, *, policies: Sequence[Policy] =
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        client = composition.connect(settings)
-        services = await composition.build(settings, client, policies=policies, hooks=hooks)
+        # fhir.resources imports a type's models at their first use: that was the first request of
+        # each type, on the event loop (bench/first_use.py); now while start-up waits for the database
+        models = asyncio.create_task(asyncio.to_thread(validation.preload_models))
+        try:
+            client = composition.connect(settings)
+            services = await composition.build(settings, client, policies=policies, hooks=hooks)
+        finally:
+            await models
         app.state.services = services
         if settings.insecure_dev_mode:
             log.warning("INSECURE DEV MODE: requests without an access token get FULL ACCESS to every record "
