@@ -15,6 +15,7 @@ sharing the machine's cores puts under the probes' tail whatever the server does
 
     .venv/bin/python bench/hostile.py [--probes 300] [--flood 40] [--connections 4] [--rounds 3]
     .venv/bin/python bench/hostile.py --burn 2 [--nice-flood 19]
+    .venv/bin/python bench/hostile.py --rounds 8 --alternate-policy workers   # SCHED_BATCH on/off, one run
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine, percentile  # noqa: E402
+from bench.common import machine, percentile, process_tree  # noqa: E402
 from fhir_server.engine.ferretdb import EmbeddedFerretDB  # noqa: E402
 from tests.auth_helpers import add_client, backend_token, public_jwks, rsa_key  # noqa: E402
 from tests.conftest import FERRETDB_BIN, start_server, stop_server  # noqa: E402
@@ -132,8 +133,37 @@ def _burn(nice: int, halt) -> None:
         sum(range(100_000))
 
 
+def _set_policy(pids: list[int], policy: int, only_niced: bool) -> None:
+    """Every thread of `pids` (only those with a lowered priority when `only_niced`) to `policy`."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    for pid in pids:
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                if not only_niced or os.getpriority(os.PRIO_PROCESS, tid) > base:
+                    os.sched_setscheduler(tid, policy, os.sched_param(0))
+            except OSError:
+                pass
+
+
+def _pooled(quiet: dict[str, list[float]], loud: dict[str, list[float]]) -> dict:
+    out: dict = {}
+    for what in ("health", "read"):
+        q, f = sorted(quiet[what]), sorted(loud[what])
+        out[what] = {"p50_quiet_ms": 1e3 * percentile(q, 50), "p99_quiet_ms": 1e3 * percentile(q, 99),
+                     "p50_flood_ms": 1e3 * percentile(f, 50), "p99_flood_ms": 1e3 * percentile(f, 99)}
+        out[what]["p99_ratio"] = out[what]["p99_flood_ms"] / out[what]["p99_quiet_ms"]
+    return out
+
+
 def run(probes: int, flood: int, connections: int, kinds: list[str], env: dict[str, str] | None = None,
-        nice: int = 0, rounds: int = 1, burn: int = 0) -> dict:
+        nice: int = 0, rounds: int = 1, burn: int = 0, alternate: str | None = None) -> dict:
+    """`alternate`: "workers" (the server's lowered-priority threads and worker processes) or "engine"
+    (every FerretDB thread) run under SCHED_BATCH in half the rounds and SCHED_OTHER in the other
+    half (order ABBA...), and the result has the percentiles of each half (`by_policy`)."""
     work = Path(tempfile.mkdtemp(prefix="hostile-bench-"))
     engine = EmbeddedFerretDB(FERRETDB_BIN, work / "ferretdb")
     uri = engine.start()
@@ -156,8 +186,13 @@ def run(probes: int, flood: int, connections: int, kinds: list[str], env: dict[s
         loud: dict[str, list[float]] = {"health": [], "read": []}
         statuses: dict[str, Counter[int]] = {}
         flood_seconds, per_round = 0.0, []
+        by_policy: dict[str, tuple[dict, dict]] = {}
         mp = multiprocessing.get_context("spawn")
-        for _ in range(rounds):  # quiet and flood alternate: a drift in the machine's load hits both
+        for r in range(rounds):  # quiet and flood alternate: a drift in the machine's load hits both
+            policy = ("batch" if (r % 4) in (1, 2) else "other") if alternate else ""
+            if alternate:
+                target = [engine.process.pid] if alternate == "engine" else process_tree(server.process.pid)
+                _set_policy(target, os.SCHED_BATCH if policy == "batch" else os.SCHED_OTHER, alternate == "workers")
             q = _probe(server, token, pid, probes)
             if burn:  # the control: processes that only use CPU, no request at all
                 halt = mp.Event()
@@ -188,14 +223,18 @@ def run(probes: int, flood: int, connections: int, kinds: list[str], env: dict[s
             for w in ("health", "read"):
                 quiet[w] += q[w]
                 loud[w] += f[w]
+            if alternate:
+                pq, pf = by_policy.setdefault(policy, ({"health": [], "read": []}, {"health": [], "read": []}))
+                for w in ("health", "read"):
+                    pq[w] += q[w]
+                    pf[w] += f[w]
         out: dict = {"rounds": rounds, "probes_quiet": len(quiet["health"]), "probes_flood": len(loud["health"]),
                      "flood_requests": flood * rounds, "flood_seconds": round(flood_seconds, 1), "flood_nice": nice,
                      "flood_statuses": {k: dict(sorted(v.items())) for k, v in statuses.items()}, "p99_ratio_per_round": per_round}
-        for what in ("health", "read"):
-            q, f = sorted(quiet[what]), sorted(loud[what])
-            out[what] = {"p50_quiet_ms": 1e3 * percentile(q, 50), "p99_quiet_ms": 1e3 * percentile(q, 99),
-                         "p50_flood_ms": 1e3 * percentile(f, 50), "p99_flood_ms": 1e3 * percentile(f, 99)}
-            out[what]["p99_ratio"] = out[what]["p99_flood_ms"] / out[what]["p99_quiet_ms"]
+        out.update(_pooled(quiet, loud))
+        if alternate:
+            out["alternate_policy"] = alternate
+            out["by_policy"] = {p: {**_pooled(pq, pf), "probes_flood": len(pf["health"])} for p, (pq, pf) in by_policy.items()}
         out["machine"] = machine()
         return out
     finally:
@@ -215,18 +254,22 @@ def main() -> int:
                     help="run the flooding client at this nice value (it shares the server's cores here)")
     ap.add_argument("--burn", type=int, default=0, metavar="N",
                     help="control: instead of the flood, N processes that only use CPU (at --nice-flood)")
+    ap.add_argument("--alternate-policy", choices=("workers", "engine"), default=None,
+                    help="run the server's low-priority threads and worker processes, or the engine, under "
+                         "SCHED_BATCH in half the rounds and SCHED_OTHER in the others (use an even --rounds)")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                     help="server setting for this run (e.g. FHIR_AUDIT=false to compare)")
     args = ap.parse_args()
     env = dict(kv.split("=", 1) for kv in args.env)
     result = run(args.probes, args.flood, args.connections, args.kinds.split(","), env, args.nice_flood, args.rounds,
-                 args.burn)
+                 args.burn, args.alternate_policy)
     print(json.dumps(result, indent=2))
     print("\n| probe | p50 quiet | p99 quiet | p50 flood | p99 flood | p99 ratio (target ≤ 3) |\n|---|---|---|---|---|---|")
-    for what in ("health", "read"):
-        r = result[what]
-        print(f"| {what} | {r['p50_quiet_ms']:.2f} ms | {r['p99_quiet_ms']:.2f} ms | {r['p50_flood_ms']:.2f} ms | "
-              f"{r['p99_flood_ms']:.2f} ms | {r['p99_ratio']:.2f} |")
+    for label, part in [("", result), *((f" ({p})", v) for p, v in result.get("by_policy", {}).items())]:
+        for what in ("health", "read"):
+            r = part[what]
+            print(f"| {what}{label} | {r['p50_quiet_ms']:.2f} ms | {r['p99_quiet_ms']:.2f} ms | {r['p50_flood_ms']:.2f} ms | "
+                  f"{r['p99_flood_ms']:.2f} ms | {r['p99_ratio']:.2f} |")
     return 0
 
 
