@@ -142,3 +142,29 @@ def test_transaction_resolves_conditional_references(any_fhir):
     create(any_fhir, {"resourceType": "Practitioner", "identifier": [{"system": "urn:test:rpps", "value": rpps}]})
     assert_outcome(any_fhir.post("", json=bundle(f"identifier=urn:test:rpps|{rpps}"), headers=JSON_HEADERS), 412)
     assert _count(any_fhir, "Patient") == before
+
+
+def test_a_large_batch_keeps_each_entry_with_its_own_resource(any_fhir):
+    """A Bundle over 64 KiB is read in a worker process, and its entries' resources come back as one
+    blob with where each starts and ends (fhir/offload.py, WithBlob): entries with and without a
+    resource, of different sizes, in any order, must each get their own."""
+    tag = uuid.uuid4().hex
+    existing = create(any_fhir, patient())
+    sizes = [70_000, 10, 3, 20_000]
+    families = [f"{tag}-{i}-" + "x" * n for i, n in enumerate(sizes)]
+    entry = [
+        {"resource": patient(name=[{"family": families[0]}]), "request": {"method": "POST", "url": "Patient"}},
+        {"request": {"method": "GET", "url": f"Patient/{existing['id']}"}},
+        {"resource": patient(name=[{"family": families[1]}]), "request": {"method": "POST", "url": "Patient"}},
+        {"resource": "not an object", "request": {"method": "POST", "url": "Patient"}},
+        {"resource": patient(name=[{"family": families[2]}]), "request": {"method": "POST", "url": "Patient"}},
+        {"request": {"method": "GET", "url": "Patient/does-not-exist"}},
+        {"resource": patient(name=[{"family": families[3]}]), "request": {"method": "POST", "url": "Patient"}},
+    ]
+    r = any_fhir.post("", json={"resourceType": "Bundle", "type": "batch", "entry": entry}, headers=JSON_HEADERS)
+    assert r.status_code == 200, r.text
+    out = r.json()["entry"]
+    assert [e["response"]["status"][:3] for e in out] == ["201", "200", "201", "400", "201", "404", "201"]
+    created = [e["response"]["location"].split("/_history")[0].rsplit("/", 2)[-1] for e in (out[0], out[2], out[4], out[6])]
+    stored = [any_fhir.get(f"/Patient/{pid}").json()["name"][0]["family"] for pid in created]
+    assert stored == families

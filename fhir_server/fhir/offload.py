@@ -32,7 +32,8 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 import anyio
 
@@ -184,18 +185,53 @@ def _write_spool(data: bytes) -> str:
     return path
 
 
-def _with_spooled(path: str, fn: Callable[..., T], args: tuple) -> T:
+@dataclass
+class WithBlob:
+    """A result with a large `bytes` part (`blob`), which comes back from a worker process through
+    its private file, like the body went, instead of through the result pipe: the pipe carried it
+    64 KiB at a time, each piece waking the pool's result thread, which took the GIL to append it,
+    then unpickled the whole holding the GIL (a 20 MB Bundle's resources: ~300 wake-ups and ~5 ms
+    of GIL; bench/hostile_cost.py)."""
+
+    value: Any
+    blob: bytes
+
+
+def _read_spool(path: str) -> bytes:
     with open(path, "rb") as f:
-        data = f.read()
-    return fn(data, *args)
+        return f.read()
+
+
+@dataclass
+class _BlobInFile:
+    """What the pipe carries of a `WithBlob` result: the blob itself is in the body's file."""
+
+    value: Any
+    size: int
+
+
+def _with_spooled(path: str, fn: Callable[..., T], args: tuple) -> T | _BlobInFile:
+    result = fn(_read_spool(path), *args)
+    if isinstance(result, WithBlob):
+        with open(path, "wb") as f:  # the body has been read: its file carries the blob back
+            f.write(result.blob)
+        return _BlobInFile(result.value, len(result.blob))
+    return result
 
 
 async def run_with_bytes(data: bytes, fn: Callable[..., T], *args) -> T:
     """`fn(data, *args)` in a worker process. The bytes go through a private file (written with the
-    GIL released) rather than through pickle, which copies them holding the GIL (9 ms for 20 MB)."""
+    GIL released) rather than through pickle, which copies them holding the GIL (9 ms for 20 MB);
+    so does the blob of a `WithBlob` result, read back on a thread."""
     path = await run(_write_spool, data)
     try:
-        return await POOL.processes.run(_with_spooled, path, fn, args)
+        result = await POOL.processes.run(_with_spooled, path, fn, args)
+        if isinstance(result, _BlobInFile):
+            blob = await run(_read_spool, path)
+            if len(blob) != result.size:
+                raise Overloaded  # the file is not what the worker wrote: as if the worker had failed
+            return cast(T, WithBlob(result.value, blob))
+        return result
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)
