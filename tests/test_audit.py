@@ -5,6 +5,7 @@ Provenance immutable. Expectations from IHE BALP (profiles.ihe.net/ITI/BALP) and
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import uuid
 
@@ -448,3 +449,28 @@ def test_audit_events_validate_against_r4_with_the_hapi_validator(w):
     errors = {i: [f"{m['location']}: {m['message']}" for m in v["issues"] if m["severity"] in ("error", "fatal")]
               for i, v in verdicts.items()}
     assert all(v["valid"] for v in verdicts.values()) and not any(errors.values()), errors
+
+
+def test_a_long_query_is_audited_by_its_start_its_length_and_its_digest(w):
+    """A request line may carry ~80 KB of query and a _search form 64 KiB: kept whole, a client
+    could have the trail store that much per request, forever. The event keeps its first 8 KiB,
+    and its length and SHA-256 (which match the query from another log)."""
+    h = _rid()
+    value = "urn:x|" + "é" * 10_000  # 20,006 bytes in UTF-8: the cut may fall inside a character
+    with w.client("operator") as c:
+        r = c.get("/DocumentReference", params={"identifier": value}, headers=h)
+    assert r.status_code == 200, r.text
+    [event] = _events(w.server, h["X-Request-Id"])
+    validate_resource(event, expected_type="AuditEvent")
+    [query] = [x for x in event["entity"] if x.get("role", {}).get("code") == "24"]
+    full = f"identifier={value}".encode()
+    assert base64.b64decode(query["query"]) == full[:8192]
+    assert f"query of {len(full)} bytes" in query["description"]
+    assert hashlib.sha256(full).hexdigest() in query["description"]
+    # a query of ordinary length is kept whole, with no such note
+    h = _rid()
+    with w.client("operator") as c:
+        assert c.get("/DocumentReference", params={"identifier": "urn:x|1"}, headers=h).status_code == 200
+    [event] = _events(w.server, h["X-Request-Id"])
+    [query] = [x for x in event["entity"] if x.get("role", {}).get("code") == "24"]
+    assert base64.b64decode(query["query"]) == b"identifier=urn:x|1" and "SHA-256" not in query["description"]

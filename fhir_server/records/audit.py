@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import contextvars
+import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -151,6 +152,10 @@ def _patients_of(v: Version) -> set[str]:
 PATIENT_PARAMS = ("patient", "subject", "beneficiary")
 MAX_ENTITIES = 500  # resources named in one AuditEvent (a larger disclosure is split over several)
 BODY_LOOKED_AT = 1 << 20  # a failed write's body larger than this is not parsed again to name its record
+# Bytes of a query kept in its AuditEvent: a request line may carry ~80 KB (httptools' header limit)
+# and a _search form 64 KiB, which a client could otherwise have the trail store, forever, per
+# request; real searches stay far below. A longer query keeps its start, length and SHA-256.
+MAX_QUERY_BYTES = 8192
 
 
 def _asked_patients(event: Event) -> set[str | None]:
@@ -258,10 +263,13 @@ def build_events(seen: _Seen, status: int, error: FhirError | None, source: str,
         base["meta"] = {"security": [{"system": dmp.SECURITY_SYSTEM, "code": dmp.HIDDEN_FROM_AGENT}]}
     common: list[dict] = []
     if ix.kind in QUERIES or (ix.kind == k.OPERATION and ix.params):
-        query = "&".join(f"{a}={b}" for a, b in ix.params)
+        query = "&".join(f"{a}={b}" for a, b in ix.params).encode()
+        description = f"{ix.method} {ix.path_for_links() or ''}".strip()
+        if len(query) > MAX_QUERY_BYTES:
+            description += (f" (query of {len(query)} bytes, SHA-256 {hashlib.sha256(query).hexdigest()}: "
+                            f"its first {MAX_QUERY_BYTES} bytes are kept)")
         common.append({"type": _coding(ENTITY_TYPE, "2", "System Object"), "role": _coding(OBJECT_ROLE, "24", "Query"),
-                       "query": base64.b64encode(query.encode()).decode(),
-                       "description": f"{ix.method} {ix.path_for_links() or ''}".strip()})
+                       "query": base64.b64encode(query[:MAX_QUERY_BYTES]).decode(), "description": description})
     if ix.kind == k.OPERATION and ix.operation:
         common.append({"type": _coding(ENTITY_TYPE, "2", "System Object"), "name": f"${ix.operation}",
                        **({"what": {"reference": f"{ix.type}/{ix.id}"}} if ix.type and ix.id else {})})
