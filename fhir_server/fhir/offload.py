@@ -202,6 +202,12 @@ def _read_spool(path: str) -> bytes:
         return f.read()
 
 
+def _remove_spool(done: asyncio.Future) -> None:
+    if not done.cancelled() and done.exception() is None:
+        with contextlib.suppress(OSError):
+            os.unlink(done.result())
+
+
 @dataclass
 class _BlobInFile:
     """What the pipe carries of a `WithBlob` result: the blob itself is in the body's file."""
@@ -213,8 +219,16 @@ class _BlobInFile:
 def _with_spooled(path: str, fn: Callable[..., T], args: tuple) -> T | _BlobInFile:
     result = fn(_read_spool(path), *args)
     if isinstance(result, WithBlob):
-        with open(path, "wb") as f:  # the body has been read: its file carries the blob back
-            f.write(result.blob)
+        # the body has been read: its file carries the blob back. Never created anew: if the request
+        # was given up meanwhile, the server has removed the file, and a new one would stay in
+        # /dev/shm (memory) for good, 20 MB per request a client gives up on purpose
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+        try:
+            view = memoryview(result.blob)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
         return _BlobInFile(result.value, len(result.blob))
     return result
 
@@ -223,7 +237,12 @@ async def run_with_bytes(data: bytes, fn: Callable[..., T], *args) -> T:
     """`fn(data, *args)` in a worker process. The bytes go through a private file (written with the
     GIL released) rather than through pickle, which copies them holding the GIL (9 ms for 20 MB);
     so does the blob of a `WithBlob` result, read back on a thread."""
-    path = await run(_write_spool, data)
+    writing = asyncio.ensure_future(run(_write_spool, data))
+    try:
+        path = await asyncio.shield(writing)
+    except asyncio.CancelledError:  # the thread still makes the file: remove it once it is made
+        writing.add_done_callback(_remove_spool)
+        raise
     try:
         result = await POOL.processes.run(_with_spooled, path, fn, args)
         if isinstance(result, _BlobInFile):
