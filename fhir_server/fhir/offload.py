@@ -58,12 +58,11 @@ def _lower_priority(nice: int) -> None:
     CPU but waits for the running thread's slice instead. Under the hostile flood, switching these
     threads between the two policies round by round in one run: read p50 11.2 → 9.3 ms, /health
     p99 10.3 → 9.8 ms (docs/benchmarks.md, "Sixth pass")."""
-    if nice <= 0 or not hasattr(os, "setpriority"):
-        return
-    with contextlib.suppress(OSError):
-        tid = threading.get_native_id()  # on Linux a thread id is a valid PRIO_PROCESS target
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
-    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_BATCH"):
+    if nice > 0 and hasattr(os, "setpriority"):
+        with contextlib.suppress(OSError):
+            tid = threading.get_native_id()  # on Linux a thread id is a valid PRIO_PROCESS target
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_BATCH"):  # whatever `nice` is
         with contextlib.suppress(OSError):
             os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))  # keeps the nice value
 
