@@ -76,6 +76,18 @@ def _probe(server, token: str, pid: str, n: int, stop=None) -> dict[str, list[fl
 KINDS = ["bundle", "big", "deep", "secret", "search"]
 
 
+def tokens(server) -> tuple[str, str]:
+    """Backend-services tokens of two clients registered on `server`: an operator service that may
+    create and read everything (its reads are not bound by patient consent), and a read-only one."""
+    key = rsa_key()
+    add_client(server, "bench", "confidential-asymmetric", "system/*.cruds", redirect_uris=(), jwks=public_jwks(key),
+               operator=True)
+    token = backend_token(server, "bench", key, "system/*.cruds")["access_token"]
+    ro = rsa_key()
+    add_client(server, "ro", "confidential-asymmetric", "system/*.rs", redirect_uris=(), jwks=public_jwks(ro))
+    return token, backend_token(server, "ro", ro, "system/*.rs")["access_token"]
+
+
 def _flood(base: str, fhir_base: str, ro_token: str, rw_token: str, count: int, connections: int,
            kinds: list[str], nice: int, ready, go, done, results) -> None:
     """The hostile client, in a process of its own: its bodies are built (and its GIL held) apart
@@ -171,13 +183,7 @@ def run(probes: int, flood: int, connections: int, kinds: list[str], env: dict[s
                                 "FHIR_MAX_RESOURCE_BYTES": str(MAX_RESOURCE), "FHIR_ADDRESS_MAX_ATTEMPTS": "100000",
                                 "FHIR_CLIENT_MAX_FAILURES": "100000", **(env or {})})
     try:
-        key = rsa_key()
-        add_client(server, "bench", "confidential-asymmetric", "system/*.cruds", redirect_uris=(), jwks=public_jwks(key),
-                   operator=True)  # an operator service: its reads are not bound by patient consent
-        token = backend_token(server, "bench", key, "system/*.cruds")["access_token"]
-        ro = rsa_key()
-        add_client(server, "ro", "confidential-asymmetric", "system/*.rs", redirect_uris=(), jwks=public_jwks(ro))
-        ro_token = backend_token(server, "ro", ro, "system/*.rs")["access_token"]
+        token, ro_token = tokens(server)
         with httpx.Client(timeout=30) as c:
             pid = c.post(server.fhir_base + "/Patient", json={"resourceType": "Patient", "name": [{"family": "Dupont"}]},
                          headers={**FHIR, "Authorization": f"Bearer {token}"}).json()["id"]

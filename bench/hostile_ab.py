@@ -28,9 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import machine  # noqa: E402
-from bench.hostile import FHIR, KINDS, MAX_RESOURCE, _flood, _pooled, _probe  # noqa: E402
+from bench.hostile import FHIR, KINDS, MAX_RESOURCE, _flood, _pooled, _probe, tokens  # noqa: E402
 from fhir_server.engine.ferretdb import EmbeddedFerretDB  # noqa: E402
-from tests.auth_helpers import add_client, backend_token, public_jwks, rsa_key  # noqa: E402
 from tests.conftest import FERRETDB_BIN, Server, stop_server  # noqa: E402
 
 SETTINGS = {"FHIR_INSECURE_DEV_MODE": "false", "FHIR_MAX_BODY_BYTES": str(32 * 1024 * 1024),
@@ -55,13 +54,7 @@ def _start(tree: Path, uri: str) -> Server:
 
 
 def _prepare(server: Server) -> tuple[str, str, str]:
-    key = rsa_key()
-    add_client(server, "bench", "confidential-asymmetric", "system/*.cruds", redirect_uris=(), jwks=public_jwks(key),
-               operator=True)
-    token = backend_token(server, "bench", key, "system/*.cruds")["access_token"]
-    ro = rsa_key()
-    add_client(server, "ro", "confidential-asymmetric", "system/*.rs", redirect_uris=(), jwks=public_jwks(ro))
-    ro_token = backend_token(server, "ro", ro, "system/*.rs")["access_token"]
+    token, ro_token = tokens(server)
     pid = httpx.post(server.fhir_base + "/Patient", json={"resourceType": "Patient", "name": [{"family": "Dupont"}]},
                      headers={**FHIR, "Authorization": f"Bearer {token}"}).json()["id"]
     _probe(server, token, pid, 50)  # warm-up

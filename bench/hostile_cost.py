@@ -24,9 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import CLK_TCK, machine, process_tree  # noqa: E402
-from bench.hostile import FHIR, KINDS, MAX_RESOURCE, _bodies  # noqa: E402
+from bench.hostile import FHIR, KINDS, MAX_RESOURCE, _bodies, tokens  # noqa: E402
 from fhir_server.engine.ferretdb import EmbeddedFerretDB  # noqa: E402
-from tests.auth_helpers import add_client, backend_token, public_jwks, rsa_key  # noqa: E402
 from tests.conftest import FERRETDB_BIN, start_server, stop_server  # noqa: E402
 
 
@@ -67,13 +66,7 @@ def run(requests: int, kinds: list[str]) -> dict:
                                 "FHIR_CLIENT_MAX_FAILURES": "100000"})
     out: dict = {"requests_per_kind": requests, "per_request_ms": {}}
     try:
-        key = rsa_key()
-        add_client(server, "bench", "confidential-asymmetric", "system/*.cruds", redirect_uris=(), jwks=public_jwks(key),
-                   operator=True)
-        token = backend_token(server, "bench", key, "system/*.cruds")["access_token"]
-        ro = rsa_key()
-        add_client(server, "ro", "confidential-asymmetric", "system/*.rs", redirect_uris=(), jwks=public_jwks(ro))
-        ro_token = backend_token(server, "ro", ro, "system/*.rs")["access_token"]
+        token, ro_token = tokens(server)
         bodies = _bodies()
         with httpx.Client(timeout=300) as c:
             pid = c.post(server.fhir_base + "/Patient", json={"resourceType": "Patient", "name": [{"family": "Dupont"}]},
