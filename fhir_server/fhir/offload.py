@@ -56,8 +56,8 @@ def _lower_priority(nice: int) -> None:
     take the CPU from the one that woke it (wake-up preemption), whatever its nice value: the loop
     then waited for the work it had just handed over. A SCHED_BATCH thread keeps its share of the
     CPU but waits for the running thread's slice instead. Under the hostile flood, switching these
-    threads between the two policies round by round in one run: read p50 11.2 → 9.3 ms, /health
-    p99 10.3 → 9.8 ms (docs/benchmarks.md, "Sixth pass")."""
+    threads between the two policies round by round in one run: read p99 38–39 → 30–33 ms, /health
+    p99 1–2 ms lower (`bench/hostile.py --alternate-policy workers`; docs/benchmarks.md, "Sixth pass")."""
     if nice > 0 and hasattr(os, "setpriority"):
         with contextlib.suppress(OSError):
             tid = threading.get_native_id()  # on Linux a thread id is a valid PRIO_PROCESS target
