@@ -173,14 +173,19 @@ def _spool_dir() -> str:
     return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else tempfile.gettempdir()
 
 
-def _write_spool(data: bytes) -> str:
-    fd, path = tempfile.mkstemp(prefix="fhir-body-", dir=_spool_dir())
+def _write_all(fd: int, data: bytes) -> None:
+    """All of `data` into `fd` (the GIL released while the kernel copies), then `fd` closed."""
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
     finally:
         os.close(fd)
+
+
+def _write_spool(data: bytes) -> str:
+    fd, path = tempfile.mkstemp(prefix="fhir-body-", dir=_spool_dir())
+    _write_all(fd, data)
     return path
 
 
@@ -221,13 +226,7 @@ def _with_spooled(path: str, fn: Callable[..., T], args: tuple) -> T | _BlobInFi
         # the body has been read: its file carries the blob back. Never created anew: if the request
         # was given up meanwhile, the server has removed the file, and a new one would stay in
         # /dev/shm (memory) for good, 20 MB per request a client gives up on purpose
-        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
-        try:
-            view = memoryview(result.blob)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
+        _write_all(os.open(path, os.O_WRONLY | os.O_TRUNC), result.blob)
         return _BlobInFile(result.value, len(result.blob))
     return result
 
